@@ -1,0 +1,211 @@
+"""Administrator operations over a data folder: what the CLI (and later the console) calls.
+
+Each operation runs in one transaction: it changes everything it says, or nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import select
+
+from authority.datadir import DataDir, ServerConfig, write_atomic
+from authority.db import Database, Device, Organization, create_schema
+from authority.errors import InvalidInput
+from authority.orgs import (
+    LdapSettings,
+    create_org,
+    deactivate_org,
+    find_org,
+    list_orgs,
+    org_summary,
+)
+from authority.policies import (
+    admin_view,
+    create_policy,
+    delete_policy,
+    find_policy,
+    rotate_token,
+    set_settings,
+)
+from authority.registration import device_summary
+from authority.scripts import load_script
+from authority.tls import CertificateStore
+from authority.users import list_users, reset_password, user_summary
+from authority.views import json_value
+
+
+def init_data(data: DataDir, host: str, port: int) -> str:
+    """Create the data folder; refuses an initialised one (a new certificate would break pins)."""
+    if data.is_initialised():
+        raise InvalidInput(
+            f"{data.root} is already initialised; nothing was changed "
+            "(use `tls renew` to replace the certificate)"
+        )
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        raise InvalidInput(f"--host {host!r} is not a host name")
+    data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data.root.chmod(0o700)
+    db = Database(data.database_url)
+    try:
+        create_schema(db.engine)
+    finally:
+        db.close()
+    data.database.chmod(0o600)  # it holds policy tokens
+    fingerprints = CertificateStore(data).create_current(host)
+    write_atomic(data.admin_key, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600)
+    config = ServerConfig(host=host, port=port)
+    # Written last: its presence is what marks the folder initialised.
+    data.write_config(config)
+    return "\n".join(
+        [
+            f"Initialised authority data folder {data.root}",
+            f"  deployment URL:      {config.deployment_url}",
+            f"  certificate SHA-1:   {fingerprints.sha1}",
+            f"  certificate SHA-256: {fingerprints.sha256}",
+            f"  certificate expires: {fingerprints.not_after:%Y-%m-%d}",
+            f"  admin API key:       {data.admin_key}",
+            f"Next: holdfast-authority org create NAME --auth local --data {data.root}",
+        ]
+    )
+
+
+class Admin:
+    """The administrator's operations over one initialised data folder."""
+
+    def __init__(self, data: DataDir) -> None:
+        data.require_initialised()
+        self.data = data
+        self.certs = CertificateStore(data)
+
+    @cached_property
+    def config(self) -> ServerConfig:
+        return self.data.read_config()
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.data.database_url)
+
+    # TLS
+
+    def tls_renew(self) -> str:
+        fp = self.certs.renew(self.config.host)
+        return "\n".join(
+            [
+                "Staged a next certificate; policies now deliver its fingerprints to agents.",
+                f"  next SHA-1:   {fp.sha1}",
+                f"  next SHA-256: {fp.sha256}",
+                "When agents have checked in, switch with `holdfast-authority tls activate`.",
+            ]
+        )
+
+    def tls_activate(self) -> str:
+        fp = self.certs.activate()
+        return "\n".join(
+            [
+                "The staged certificate is now current;",
+                "a running server presents it to new connections within seconds.",
+                f"  SHA-1:   {fp.sha1}",
+                f"  SHA-256: {fp.sha256}",
+            ]
+        )
+
+    def tls_show(self) -> list[dict[str, str]]:
+        return self.certs.pins()
+
+    # Organizations
+
+    def org_create(
+        self, name: str, auth: str, parent: str | None, ldap: LdapSettings | None
+    ) -> str:
+        with self.db.transaction() as s:
+            org = create_org(s, name, auth, parent=parent, ldap=ldap)
+            return f"Created organization {org.name!r} ({org.auth} authentication)"
+
+    def org_list(self) -> list[dict[str, Any]]:
+        with self.db.transaction() as s:
+            return [org_summary(o) for o in list_orgs(s)]
+
+    def org_deactivate(self, name: str) -> str:
+        with self.db.transaction() as s:
+            org = deactivate_org(s, name)
+            devices = s.scalar(select(Device.id).where(Device.org_id == org.id).limit(1))
+            note = " Its devices can no longer fetch the policy." if devices else ""
+            return (
+                f"Deactivated organization {name!r}: its deployment policy stops working; "
+                f"agents installed with its token keep retrying.{note}"
+            )
+
+    # Policies
+
+    def policy_create(self, org: str, manual: bool, script_specs: list[str]) -> str:
+        scripts = [
+            load_script(spec) for spec in script_specs
+        ]  # every file checked before any write
+        with self.db.transaction() as s:
+            policy = create_policy(s, org, manual=manual, scripts=scripts)
+            token = policy.token
+        return (
+            f"Created the deployment policy of organization {org!r} "
+            f"({'manual' if manual else 'silent'} registration).\n"
+            f"  token: {token}\n"
+            f"Installer arguments: holdfast-authority policy show --org {_quote(org)}"
+        )
+
+    def policy_set(self, org: str, assignments: list[str]) -> str:
+        with self.db.transaction() as s:
+            policy = set_settings(s, org, assignments)
+            changed = sorted({a.partition("=")[0].strip() for a in assignments})
+            values = ", ".join(f"{k}={json_value(policy.settings[k])}" for k in changed)
+        return f"Updated the policy of organization {org!r}: {values}"
+
+    def policy_show(self, org: str) -> dict[str, Any]:
+        with self.db.transaction() as s:
+            return admin_view(find_policy(s, org), self.config.deployment_url, self.certs.pins())
+
+    def policy_rotate(self, org: str) -> str:
+        with self.db.transaction() as s:
+            token = rotate_token(s, org).token
+        return (
+            f"New token for the policy of organization {org!r}: {token}\n"
+            "The old token stopped working: installs not yet registered with it will keep "
+            "retrying until redeployed. Registered devices are not affected."
+        )
+
+    def policy_delete(self, org: str) -> str:
+        with self.db.transaction() as s:
+            delete_policy(s, org)
+        return (
+            f"Deleted the deployment policy of organization {org!r}: its token no longer works. "
+            "Registered devices keep backing up with default settings."
+        )
+
+    # Users and devices
+
+    def user_list(self, org: str | None) -> list[dict[str, Any]]:
+        with self.db.transaction() as s:
+            return [user_summary(s, u) for u in list_users(s, org)]
+
+    def user_reset_password(self, name: str, org: str | None) -> str:
+        with self.db.transaction() as s:
+            user, password = reset_password(s, name, org)
+            who = f"{user.username} ({user.org.name})"
+        return f"New password for {who}: {password}\nIt is shown only now; pass it on securely."
+
+    def device_list(self, org: str | None, pending: bool) -> list[dict[str, Any]]:
+        with self.db.transaction() as s:
+            query = select(Device).join(Organization).order_by(Device.first_seen_at)
+            if org:
+                query = query.where(Device.org_id == find_org(s, org).id)
+            if pending:
+                query = query.where(Device.registered_at.is_(None))
+            return [device_summary(d) for d in s.scalars(query)]
+
+
+def _quote(text: str) -> str:
+    return text if text.replace("-", "").replace("_", "").isalnum() else f"'{text}'"
+
+
+__all__ = ["Admin", "init_data"]

@@ -1,0 +1,1 @@
+"""HTTP routes of the authority, versioned under /api/v1."""

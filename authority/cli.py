@@ -1,0 +1,235 @@
+"""`holdfast-authority`: argument parsing, output and exit codes, nothing else.
+
+Exit codes: 0 success; 2 bad usage or input; 4 refused; 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from authority import __version__
+from authority.admin import Admin, init_data
+from authority.app import Limits
+from authority.datadir import DEFAULT_PORT, ENV_DATA, DataDir
+from authority.errors import AuthorityError, InvalidInput
+from authority.orgs import AUTH_METHODS, DEFAULT_LDAP_FILTER, LdapSettings
+from authority.views import format_devices, format_orgs, format_tls, format_users, print_policy
+
+Handler = Callable[[DataDir, argparse.Namespace], None]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
+    return value
+
+
+def _emit(args: argparse.Namespace, value: Any, text: Callable[[Any], str]) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(value, indent=2))
+    else:
+        print(text(value))
+
+
+# Handlers: one per command, each a thin call into authority.admin.
+
+
+def _init(data: DataDir, args: argparse.Namespace) -> None:
+    print(init_data(data, args.host, args.port))
+
+
+def _serve(data: DataDir, args: argparse.Namespace) -> None:
+    from authority.serve import serve  # uvicorn is only needed here
+
+    port = args.port or Admin(data).config.port
+    serve(data, args.host, port, Limits(args.max_concurrency, args.retry_after))
+
+
+def _org_create(data: DataDir, args: argparse.Namespace) -> None:
+    ldap = None
+    if args.ldap_url or args.ldap_base_dn or args.ldap_bind_dn or args.ldap_bind_password_file:
+        if not args.ldap_url or not args.ldap_base_dn:
+            raise InvalidInput("LDAP settings need both --ldap-url and --ldap-base-dn")
+        ldap = LdapSettings(
+            url=args.ldap_url,
+            base_dn=args.ldap_base_dn,
+            bind_dn=args.ldap_bind_dn,
+            bind_password_file=args.ldap_bind_password_file,
+            user_filter=args.ldap_user_filter,
+        )
+    print(Admin(data).org_create(args.name, args.auth, args.parent, ldap))
+
+
+HANDLERS: dict[str, Handler] = {
+    "init": _init,
+    "serve": _serve,
+    "tls renew": lambda d, a: print(Admin(d).tls_renew()),
+    "tls activate": lambda d, a: print(Admin(d).tls_activate()),
+    "tls show": lambda d, a: _emit(a, Admin(d).tls_show(), format_tls),
+    "org create": _org_create,
+    "org list": lambda d, a: _emit(a, Admin(d).org_list(), format_orgs),
+    "org deactivate": lambda d, a: print(Admin(d).org_deactivate(a.name)),
+    "policy create": lambda d, a: print(Admin(d).policy_create(a.org, a.manual, a.script)),
+    "policy set": lambda d, a: print(Admin(d).policy_set(a.org, a.assignments)),
+    "policy show": lambda d, a: _emit(a, Admin(d).policy_show(a.org), print_policy),
+    "policy rotate-token": lambda d, a: print(Admin(d).policy_rotate(a.org)),
+    "policy delete": lambda d, a: print(Admin(d).policy_delete(a.org)),
+    "user list": lambda d, a: _emit(a, Admin(d).user_list(a.org), format_users),
+    "user reset-password": lambda d, a: print(Admin(d).user_reset_password(a.name, a.org)),
+    "device list": lambda d, a: _emit(a, Admin(d).device_list(a.org, a.pending), format_devices),
+}
+
+
+class _Builder:
+    """Adds subcommands with the shared --data (and --json) options."""
+
+    def __init__(self) -> None:
+        self.common = argparse.ArgumentParser(add_help=False)
+        self.common.add_argument(
+            "--data", metavar="DIR", help=f"the authority's data folder (default: ${ENV_DATA})"
+        )
+        self.as_json = argparse.ArgumentParser(add_help=False)
+        self.as_json.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    def add(
+        self, group: Any, name: str, command: str, help_text: str, json_out: bool = False
+    ) -> argparse.ArgumentParser:
+        parents = [self.common, self.as_json] if json_out else [self.common]
+        parser: argparse.ArgumentParser = group.add_parser(name, parents=parents, help=help_text)
+        parser.set_defaults(command_key=command)
+        return parser
+
+
+def _add_server_commands(b: _Builder, sub: Any) -> None:
+    p = b.add(sub, "init", "init", "create a data folder, database and certificate")
+    p.add_argument(
+        "--host", default=socket.getfqdn(), help="host name agents use (default: this machine's)"
+    )
+    p.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help=f"port agents use (default {DEFAULT_PORT})"
+    )
+    p = b.add(sub, "serve", "serve", "serve HTTPS: the agent API")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
+    p.add_argument("--port", type=_port, help="port to listen on (default: the one chosen at init)")
+    p.add_argument(
+        "--max-concurrency", type=_positive, default=256, help="requests in flight before 503"
+    )
+    p.add_argument("--retry-after", type=_positive, default=60, help="Retry-After seconds on 503")
+    tls = sub.add_parser("tls", help="certificate rollover").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    b.add(tls, "renew", "tls renew", "stage a next certificate, delivered to agents as a pin")
+    b.add(tls, "activate", "tls activate", "switch to the staged certificate")
+    b.add(tls, "show", "tls show", "the current and staged certificates", json_out=True)
+
+
+def _add_org_commands(b: _Builder, sub: Any) -> None:
+    org = sub.add_parser("org", help="organizations").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    p = b.add(org, "create", "org create", "create an organization")
+    p.add_argument("name")
+    p.add_argument("--auth", required=True, choices=AUTH_METHODS)
+    p.add_argument(
+        "--parent", metavar="NAME", help="parent organization (policies are not inherited)"
+    )
+    p.add_argument("--ldap-url")
+    p.add_argument("--ldap-base-dn")
+    p.add_argument("--ldap-bind-dn")
+    p.add_argument("--ldap-bind-password-file")
+    p.add_argument("--ldap-user-filter", default=DEFAULT_LDAP_FILTER)
+    b.add(org, "list", "org list", "list organizations", json_out=True)
+    p = b.add(org, "deactivate", "org deactivate", "deactivate an organization (its policy stops)")
+    p.add_argument("name")
+
+
+def _add_policy_commands(b: _Builder, sub: Any) -> None:
+    pol = sub.add_parser("policy", help="deployment policies").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    p = b.add(pol, "create", "policy create", "create an organization's deployment policy")
+    p.add_argument("--org", required=True)
+    p.add_argument(
+        "--manual", action="store_true", help="users sign in themselves (default: silent)"
+    )
+    p.add_argument(
+        "--script",
+        action="append",
+        default=[],
+        metavar="OS=PATH",
+        help="detection script for linux, macos or windows",
+    )
+    p = b.add(pol, "set", "policy set", "change policy settings")
+    p.add_argument("--org", required=True)
+    p.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    p = b.add(pol, "show", "policy show", "the policy and its installer arguments", json_out=True)
+    p.add_argument("--org", required=True)
+    p = b.add(
+        pol, "rotate-token", "policy rotate-token", "a new token; the old one stops working at once"
+    )
+    p.add_argument("--org", required=True)
+    p = b.add(pol, "delete", "policy delete", "delete the policy (its token stops working)")
+    p.add_argument("--org", required=True)
+
+
+def _add_people_commands(b: _Builder, sub: Any) -> None:
+    usr = sub.add_parser("user", help="users").add_subparsers(required=True, metavar="ACTION")
+    p = b.add(usr, "list", "user list", "list users", json_out=True)
+    p.add_argument("--org")
+    p = b.add(usr, "reset-password", "user reset-password", "set and print a new password")
+    p.add_argument("name")
+    p.add_argument("--org")
+    dev = sub.add_parser("device", help="devices").add_subparsers(required=True, metavar="ACTION")
+    p = b.add(dev, "list", "device list", "list devices", json_out=True)
+    p.add_argument("--org")
+    p.add_argument("--pending", action="store_true", help="only devices not registered yet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="holdfast-authority", description="Holdfast's reference authority server."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    builder = _Builder()
+    _add_server_commands(builder, sub)
+    _add_org_commands(builder, sub)
+    _add_policy_commands(builder, sub)
+    _add_people_commands(builder, sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        HANDLERS[args.command_key](DataDir.resolve(args.data), args)
+    except AuthorityError as exc:
+        print(f"holdfast-authority: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last line of defence: one sentence, never a traceback
+        print(
+            f"holdfast-authority: unexpected error ({type(exc).__name__}): {exc}", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,226 @@
+"""The authority's tables (SQLAlchemy 2) and the engine over the data folder's SQLite file.
+
+Everything goes through SQLAlchemy so that PostgreSQL later is a URL, not a rewrite.
+SQLite runs in WAL mode with a busy timeout, so admin commands and `serve` share the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(DateTime):
+    """SQLite forgets time zones; every stored time is UTC, so say so when reading back."""
+
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        parent = super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            if parent is not None:
+                value = parent(value)
+            if isinstance(value, dt.datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=dt.UTC)
+            return value
+
+        return process
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """One row a key: the schema version, so a later release can migrate."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    auth: Mapped[str] = mapped_column(String(16))  # local | ldap | sso
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id"), default=None)
+    # Directory settings for `auth == "ldap"`; the password stays in its file, never here.
+    ldap: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    deactivated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+    parent: Mapped[Organization | None] = relationship(remote_side=[id])
+    policy: Mapped[Policy | None] = relationship(back_populates="org", uselist=False)
+
+
+class Policy(Base):
+    """An organization's one deployment policy."""
+
+    __tablename__ = "policies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), unique=True)
+    token: Mapped[str] = mapped_column(String(36), unique=True)
+    manual: Mapped[bool] = mapped_column(Boolean, default=False)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    org: Mapped[Organization] = relationship(back_populates="policy")
+    scripts: Mapped[list[DetectionScript]] = relationship(
+        back_populates="policy", cascade="all, delete-orphan", order_by="DetectionScript.os"
+    )
+
+
+class DetectionScript(Base):
+    __tablename__ = "detection_scripts"
+    __table_args__ = (UniqueConstraint("policy_id", "os"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("policies.id"))
+    os: Mapped[str] = mapped_column(String(16))
+    filename: Mapped[str] = mapped_column(String(255))
+    interpreter: Mapped[list[str]] = mapped_column(JSON)
+    content: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+    policy: Mapped[Policy] = relationship(back_populates="scripts")
+
+
+class RetiredToken(Base):
+    """A token that once worked, so an agent still using it learns why it no longer does."""
+
+    __tablename__ = "retired_tokens"
+    token: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_name: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(32))  # token_rotated | policy_deleted
+    retired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("org_id", "username"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
+    username: Mapped[str] = mapped_column(String(256))
+    display_name: Mapped[str | None] = mapped_column(String(256), default=None)
+    email: Mapped[str | None] = mapped_column(String(256), default=None)
+    password_hash: Mapped[str | None] = mapped_column(String(256), default=None)
+    # True while the password was generated at registration and never shown to anyone.
+    password_hidden: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    org: Mapped[Organization] = relationship()
+
+
+class Device(Base):
+    """A device the authority has heard of: reported (pending) or registered."""
+
+    __tablename__ = "devices"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    os: Mapped[str] = mapped_column(String(16), default="")
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    user_home: Mapped[str | None] = mapped_column(String(1024), default=None)
+    credential_hash: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    registered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    phase: Mapped[str | None] = mapped_column(String(32), default=None)
+    last_error: Mapped[str | None] = mapped_column(String(1024), default=None)
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    org: Mapped[Organization] = relationship()
+    user: Mapped[User | None] = relationship()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets the pragmas that let the CLI and the server share it."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def create_schema(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+    with Session(engine) as s, s.begin():
+        s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+
+
+class Database:
+    """Sessions over one engine; `transaction()` commits on success and rolls back on error."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Base",
+    "Database",
+    "DetectionScript",
+    "Device",
+    "Organization",
+    "Policy",
+    "RetiredToken",
+    "User",
+    "create_schema",
+    "make_engine",
+    "utcnow",
+]

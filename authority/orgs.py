@@ -1,0 +1,136 @@
+"""Organizations: the authentication method a policy inherits, and where users and devices live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from authority.db import Organization, utcnow
+from authority.errors import Conflict, InvalidInput, NotFound
+
+AUTH_METHODS = ("local", "ldap", "sso")
+DEFAULT_LDAP_FILTER = "(&(objectClass=inetOrgPerson)(uid={username}))"
+
+
+@dataclass(frozen=True)
+class LdapSettings:
+    url: str
+    base_dn: str
+    bind_dn: str | None = None
+    bind_password_file: str | None = None
+    user_filter: str = DEFAULT_LDAP_FILTER
+
+    def validate(self) -> None:
+        if not self.url.lower().startswith(("ldap://", "ldaps://")):
+            raise InvalidInput(f"--ldap-url {self.url!r}: must start with ldap:// or ldaps://")
+        if not self.base_dn.strip():
+            raise InvalidInput("--ldap-base-dn: must not be empty")
+        if "{username}" not in self.user_filter:
+            raise InvalidInput(
+                f"--ldap-user-filter {self.user_filter!r}: must contain {{username}}, "
+                "where the detected username goes"
+            )
+        if self.bind_dn and not self.bind_password_file:
+            raise InvalidInput("--ldap-bind-dn needs --ldap-bind-password-file")
+        if self.bind_password_file and not Path(self.bind_password_file).is_file():
+            raise InvalidInput(
+                f"--ldap-bind-password-file: {self.bind_password_file} does not exist"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "base_dn": self.base_dn,
+            "bind_dn": self.bind_dn,
+            "bind_password_file": self.bind_password_file,
+            "user_filter": self.user_filter,
+        }
+
+
+def check_name(name: str) -> str:
+    if not name or name != name.strip() or len(name) > 128 or not name.isprintable():
+        raise InvalidInput(
+            f"organization name {name!r}: 1-128 printable characters, "
+            "without leading or trailing spaces"
+        )
+    return name
+
+
+def find_org(session: Session, name: str) -> Organization:
+    org = session.scalar(select(Organization).where(Organization.name == name))
+    if org is None:
+        raise NotFound(f"no organization named {name!r}", code="org_not_found")
+    return org
+
+
+def create_org(
+    session: Session,
+    name: str,
+    auth: str,
+    *,
+    parent: str | None = None,
+    ldap: LdapSettings | None = None,
+) -> Organization:
+    check_name(name)
+    if auth not in AUTH_METHODS:
+        raise InvalidInput(f"--auth {auth!r}: use one of {', '.join(AUTH_METHODS)}")
+    if auth == "ldap":
+        if ldap is None:
+            raise InvalidInput("--auth ldap needs --ldap-url and --ldap-base-dn")
+        ldap.validate()
+    elif ldap is not None:
+        raise InvalidInput(f"--ldap-* options apply to --auth ldap only, not {auth}")
+    if session.scalar(select(Organization.id).where(Organization.name == name)) is not None:
+        raise Conflict(f"an organization named {name!r} already exists", code="org_exists")
+    parent_org = find_org(session, parent) if parent else None
+    org = Organization(
+        name=name,
+        auth=auth,
+        active=True,
+        parent=parent_org,
+        ldap=ldap.as_dict() if ldap else None,
+    )
+    session.add(org)
+    session.flush()
+    return org
+
+
+def deactivate_org(session: Session, name: str) -> Organization:
+    org = find_org(session, name)
+    if org.active:
+        org.active = False
+        org.deactivated_at = utcnow()
+    return org
+
+
+def list_orgs(session: Session) -> list[Organization]:
+    return list(session.scalars(select(Organization).order_by(Organization.name)))
+
+
+def org_summary(org: Organization) -> dict[str, Any]:
+    return {
+        "name": org.name,
+        "auth": org.auth,
+        "active": org.active,
+        "parent": org.parent.name if org.parent else None,
+        "has_policy": org.policy is not None,
+        "created_at": org.created_at.isoformat(),
+        "deactivated_at": org.deactivated_at.isoformat() if org.deactivated_at else None,
+    }
+
+
+__all__ = [
+    "AUTH_METHODS",
+    "DEFAULT_LDAP_FILTER",
+    "LdapSettings",
+    "check_name",
+    "create_org",
+    "deactivate_org",
+    "find_org",
+    "list_orgs",
+    "org_summary",
+]

@@ -1,0 +1,250 @@
+"""Device registration and the reports agents send on each contact.
+
+Registration is idempotent by device GUID: the same GUID registering again gets the same
+device back with a fresh credential (the old one stops working), never a second device.
+The credential is returned once and stored only as a SHA-256 digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from authority.db import Device, Organization, Policy, User, utcnow
+from authority.errors import Conflict, Forbidden, InvalidInput, NotImplementedYet, Unauthorized
+from authority.passwords import generate_password, hash_password
+from authority.policies import require_active
+from authority.scripts import parse_os
+
+PHASES = (
+    "unconfigured",
+    "awaiting_policy",
+    "awaiting_registration",
+    "awaiting_sign_in",
+    "backing_up",
+    "stopped",
+)
+MAX_ERROR = 1024
+# Deliberately plain: local usernames must look like e-mail addresses, not be deliverable.
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_WINDOWS_ABS = re.compile(r"^([A-Za-z]:[\\/]|\\\\[^\\]+\\)")
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """What an agent says about itself on every contact."""
+
+    guid: str
+    name: str = ""
+    os: str = ""
+    agent_version: str = ""
+    phase: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistrationRequest:
+    device: DeviceReport
+    username: str
+    user_home: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    device: Device
+    user: User
+    credential: str
+    user_created: bool
+    already_registered: bool
+
+
+def check_guid(guid: str) -> str:
+    try:
+        return str(uuid.UUID(guid))
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidInput(
+            f"device_guid {guid!r} is not a UUID", code="invalid_device_guid"
+        ) from None
+
+
+def check_report(report: DeviceReport) -> DeviceReport:
+    if report.phase is not None and report.phase not in PHASES:
+        raise InvalidInput(f"phase {report.phase!r} is not one of {', '.join(PHASES)}")
+    if report.os:
+        parse_os(report.os)
+    if len(report.name) > 255 or len(report.agent_version) > 64:
+        raise InvalidInput("device_name or agent_version is too long")
+    return report
+
+
+def _check_home(home: str) -> str:
+    if not home or len(home) > 1024 or "\0" in home:
+        raise InvalidInput("user_home must be an absolute path of at most 1024 characters")
+    if not (home.startswith("/") or _WINDOWS_ABS.match(home)):
+        raise InvalidInput(f"user_home {home!r} is not an absolute path")
+    return home
+
+
+def _check_username(username: str, org: Organization) -> str:
+    if not 1 <= len(username) <= 256 or not username.isprintable():
+        raise InvalidInput("username must be 1-256 printable characters", code="invalid_username")
+    if org.auth == "local" and not _EMAIL.match(username):
+        raise InvalidInput(
+            f"organization {org.name!r} uses local authentication, where usernames are e-mail "
+            f"addresses; the detection script reported {username!r} (use a variant of the "
+            "script that appends the e-mail domain)",
+            code="username_not_email",
+        )
+    return username
+
+
+def credential_digest(credential: str) -> str:
+    return hashlib.sha256(credential.encode("utf-8")).hexdigest()
+
+
+def _apply_report(device: Device, report: DeviceReport) -> None:
+    device.name = report.name or device.name
+    device.os = report.os or device.os
+    device.agent_version = report.agent_version or device.agent_version
+    if report.phase is not None:
+        device.phase = report.phase
+        device.last_error = (report.last_error or "")[:MAX_ERROR] or None
+    device.last_seen_at = utcnow()
+
+
+def record_report(session: Session, org: Organization, report: DeviceReport) -> Device:
+    """Note an agent's contact, so `device list` shows installed-but-unregistered devices."""
+    guid = check_guid(report.guid)
+    check_report(report)
+    device = session.scalar(select(Device).where(Device.guid == guid))
+    if device is None:
+        device = Device(guid=guid, org=org)
+        session.add(device)
+    elif device.registered_at is None:
+        # Not registered yet: the device is where its latest token says it is being deployed.
+        device.org = org
+    _apply_report(device, report)
+    session.flush()
+    return device
+
+
+def _find_or_create_user(session: Session, org: Organization, username: str) -> tuple[User, bool]:
+    user = session.scalar(select(User).where(User.org_id == org.id, User.username == username))
+    if user is not None:
+        return user, False
+    # The generated password is hidden: nobody sees it until an administrator resets it.
+    user = User(
+        org=org,
+        username=username,
+        email=username if org.auth == "local" else None,
+        password_hash=hash_password(generate_password()),
+        password_hidden=True,
+    )
+    session.add(user)
+    session.flush()
+    return user, True
+
+
+def register(session: Session, policy: Policy, request: RegistrationRequest) -> Registration:
+    org = policy.org
+    require_active(org)
+    guid = check_guid(request.device.guid)
+    check_report(request.device)
+    if policy.manual:
+        raise Forbidden(
+            f"the policy of organization {org.name!r} requires users to sign in; "
+            "silent registration is not allowed",
+            code="sign_in_required",
+        )
+    if org.auth != "local":
+        raise NotImplementedYet(
+            f"silent registration for {org.auth.upper()} organizations is not implemented by "
+            f"this authority yet (organization {org.name!r})",
+            code="auth_not_implemented",
+        )
+    username = _check_username(request.username.strip(), org)
+    home = _check_home(request.user_home)
+
+    device = session.scalar(select(Device).where(Device.guid == guid))
+    if device is not None and device.registered_at is not None and device.org_id != org.id:
+        raise Conflict(
+            f"device {guid} belongs to organization {device.org.name!r}; "
+            "a device moves between organizations only by an administrator",
+            code="device_in_other_org",
+        )
+    already = device is not None and device.registered_at is not None
+    if device is None:
+        device = Device(guid=guid, org=org)
+        session.add(device)
+    device.org = org
+    user, created = _find_or_create_user(session, org, username)
+    credential = secrets.token_urlsafe(32)
+    device.user = user
+    device.user_home = home
+    device.credential_hash = credential_digest(credential)
+    if device.registered_at is None:
+        device.registered_at = utcnow()
+    _apply_report(device, request.device)
+    device.phase = "backing_up"
+    device.last_error = None
+    session.flush()
+    return Registration(
+        device=device,
+        user=user,
+        credential=credential,
+        user_created=created,
+        already_registered=already,
+    )
+
+
+def device_for_credential(session: Session, credential: str | None) -> Device:
+    if not credential:
+        raise Unauthorized("no device credential in the request", code="credential_missing")
+    device = session.scalar(
+        select(Device).where(Device.credential_hash == credential_digest(credential))
+    )
+    if device is None or device.registered_at is None:
+        raise Unauthorized(
+            "the device credential is not valid (revoked, or replaced by a newer registration)",
+            code="credential_invalid",
+        )
+    return device
+
+
+def device_summary(device: Device) -> dict[str, Any]:
+    return {
+        "guid": device.guid,
+        "name": device.name,
+        "os": device.os,
+        "agent_version": device.agent_version,
+        "org": device.org.name,
+        "username": device.user.username if device.user else None,
+        "user_home": device.user_home,
+        "registered": device.registered_at is not None,
+        "registered_at": device.registered_at.isoformat() if device.registered_at else None,
+        "phase": device.phase,
+        "last_error": device.last_error,
+        "first_seen_at": device.first_seen_at.isoformat(),
+        "last_seen_at": device.last_seen_at.isoformat(),
+    }
+
+
+__all__ = [
+    "PHASES",
+    "DeviceReport",
+    "Registration",
+    "RegistrationRequest",
+    "check_guid",
+    "credential_digest",
+    "device_for_credential",
+    "device_summary",
+    "record_report",
+    "register",
+]
