@@ -80,6 +80,16 @@ class Admin:
         self.data = data
         self.certs = CertificateStore(data)
 
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.close()
+
     @cached_property
     def config(self) -> ServerConfig:
         return self.data.read_config()

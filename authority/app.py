@@ -104,7 +104,7 @@ class GuardMiddleware:
             finally:
                 self.in_flight -= 1
         except Exception:
-            log.exception("unexpected error, request_id=%s path=%s", request_id, scope.get("path"))
+            log.exception("rid=%s unexpected error on %s", request_id, scope.get("path"))
             if not response_started:
                 body = error_body(
                     "internal_error",

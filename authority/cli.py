@@ -14,13 +14,12 @@ from typing import Any
 
 from authority import __version__
 from authority.admin import Admin, init_data
-from authority.app import Limits
 from authority.datadir import DEFAULT_PORT, ENV_DATA, DataDir
 from authority.errors import AuthorityError, InvalidInput
 from authority.orgs import AUTH_METHODS, DEFAULT_LDAP_FILTER, LdapSettings
 from authority.views import format_devices, format_orgs, format_tls, format_users, print_policy
 
-Handler = Callable[[DataDir, argparse.Namespace], None]
+Handler = Callable[[Admin, argparse.Namespace], None]
 
 
 def _positive(text: str) -> int:
@@ -50,18 +49,14 @@ def _emit(args: argparse.Namespace, value: Any, text: Callable[[Any], str]) -> N
 # Handlers: one per command, each a thin call into authority.admin.
 
 
-def _init(data: DataDir, args: argparse.Namespace) -> None:
-    print(init_data(data, args.host, args.port))
-
-
-def _serve(data: DataDir, args: argparse.Namespace) -> None:
+def _serve(admin: Admin, args: argparse.Namespace) -> None:
     from authority.serve import serve  # uvicorn is only needed here
 
-    port = args.port or Admin(data).config.port
-    serve(data, args.host, port, Limits(args.max_concurrency, args.retry_after))
+    port = args.port or admin.config.port
+    serve(admin.data, args.host, port, args.max_concurrency, args.retry_after)
 
 
-def _org_create(data: DataDir, args: argparse.Namespace) -> None:
+def _org_create(admin: Admin, args: argparse.Namespace) -> None:
     ldap = None
     if args.ldap_url or args.ldap_base_dn or args.ldap_bind_dn or args.ldap_bind_password_file:
         if not args.ldap_url or not args.ldap_base_dn:
@@ -73,26 +68,25 @@ def _org_create(data: DataDir, args: argparse.Namespace) -> None:
             bind_password_file=args.ldap_bind_password_file,
             user_filter=args.ldap_user_filter,
         )
-    print(Admin(data).org_create(args.name, args.auth, args.parent, ldap))
+    print(admin.org_create(args.name, args.auth, args.parent, ldap))
 
 
 HANDLERS: dict[str, Handler] = {
-    "init": _init,
     "serve": _serve,
-    "tls renew": lambda d, a: print(Admin(d).tls_renew()),
-    "tls activate": lambda d, a: print(Admin(d).tls_activate()),
-    "tls show": lambda d, a: _emit(a, Admin(d).tls_show(), format_tls),
+    "tls renew": lambda adm, a: print(adm.tls_renew()),
+    "tls activate": lambda adm, a: print(adm.tls_activate()),
+    "tls show": lambda adm, a: _emit(a, adm.tls_show(), format_tls),
     "org create": _org_create,
-    "org list": lambda d, a: _emit(a, Admin(d).org_list(), format_orgs),
-    "org deactivate": lambda d, a: print(Admin(d).org_deactivate(a.name)),
-    "policy create": lambda d, a: print(Admin(d).policy_create(a.org, a.manual, a.script)),
-    "policy set": lambda d, a: print(Admin(d).policy_set(a.org, a.assignments)),
-    "policy show": lambda d, a: _emit(a, Admin(d).policy_show(a.org), print_policy),
-    "policy rotate-token": lambda d, a: print(Admin(d).policy_rotate(a.org)),
-    "policy delete": lambda d, a: print(Admin(d).policy_delete(a.org)),
-    "user list": lambda d, a: _emit(a, Admin(d).user_list(a.org), format_users),
-    "user reset-password": lambda d, a: print(Admin(d).user_reset_password(a.name, a.org)),
-    "device list": lambda d, a: _emit(a, Admin(d).device_list(a.org, a.pending), format_devices),
+    "org list": lambda adm, a: _emit(a, adm.org_list(), format_orgs),
+    "org deactivate": lambda adm, a: print(adm.org_deactivate(a.name)),
+    "policy create": lambda adm, a: print(adm.policy_create(a.org, a.manual, a.script)),
+    "policy set": lambda adm, a: print(adm.policy_set(a.org, a.assignments)),
+    "policy show": lambda adm, a: _emit(a, adm.policy_show(a.org), print_policy),
+    "policy rotate-token": lambda adm, a: print(adm.policy_rotate(a.org)),
+    "policy delete": lambda adm, a: print(adm.policy_delete(a.org)),
+    "user list": lambda adm, a: _emit(a, adm.user_list(a.org), format_users),
+    "user reset-password": lambda adm, a: print(adm.user_reset_password(a.name, a.org)),
+    "device list": lambda adm, a: _emit(a, adm.device_list(a.org, a.pending), format_devices),
 }
 
 
@@ -218,7 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        HANDLERS[args.command_key](DataDir.resolve(args.data), args)
+        data = DataDir.resolve(args.data)
+        if args.command_key == "init":
+            print(init_data(data, args.host, args.port))
+        else:
+            with Admin(data) as admin:
+                HANDLERS[args.command_key](admin, args)
     except AuthorityError as exc:
         print(f"holdfast-authority: {exc.message}", file=sys.stderr)
         return exc.exit_code

@@ -111,7 +111,8 @@ class CertificateReloader(threading.Thread):
                 log.warning("TLS certificate reload deferred: %s", exc)
 
 
-def serve(data: DataDir, host: str, port: int, limits: Limits) -> None:
+def serve(data: DataDir, host: str, port: int, max_concurrency: int, retry_after: int) -> None:
+    limits = Limits(max_concurrency, retry_after)
     data.require_initialised()
     setup_logging(data)
     store = CertificateStore(data)
@@ -133,7 +134,7 @@ def serve(data: DataDir, host: str, port: int, limits: Limits) -> None:
     reloader.start()
     fp = store.current()
     log.info(
-        "serving https://%s:%d (pid ready) certificate sha1=%s max_concurrency=%d retry_after=%d",
+        "serving https://%s:%d, certificate sha1=%s max_concurrency=%d retry_after=%d",
         host,
         sock.getsockname()[1],
         fp.sha1,

@@ -37,15 +37,19 @@ def run_in_transaction(request: Request, work: Callable[[Session], T]) -> T:
         except IntegrityError:
             if attempt == ATTEMPTS:
                 raise
-            log.info("write conflict, retrying (attempt %d)", attempt)
+            log.info("rid=%s write conflict, retrying (attempt %d)", request_id(request), attempt)
         except OperationalError as exc:
-            log.warning("database unavailable: %s", exc.orig)
+            log.warning("rid=%s database unavailable: %s", request_id(request), exc.orig)
             raise Unavailable(
                 "the authority's database is busy; retry later",
                 code="database_busy",
                 retry_after=retry_after,
             ) from exc
     raise AssertionError("unreachable")
+
+
+def request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", "-"))
 
 
 def certs(request: Request) -> CertificateStore:
@@ -58,4 +62,4 @@ def data_dir(request: Request) -> DataDir:
     return data
 
 
-__all__ = ["certs", "data_dir", "run_in_transaction"]
+__all__ = ["certs", "data_dir", "request_id", "run_in_transaction"]
