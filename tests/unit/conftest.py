@@ -53,6 +53,5 @@ def data(tmp_path: Path) -> DataDir:
 @pytest.fixture
 def admin(data: DataDir) -> Iterator[Admin]:
     """The administrator's operations over `data`, its database closed afterwards."""
-    ops = Admin(data)
-    yield ops
-    ops.db.close()
+    with Admin(data) as ops:
+        yield ops

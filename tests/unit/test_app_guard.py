@@ -1,32 +1,42 @@
-"""The last-resort guard of every request: unexpected errors and overload become 503."""
+"""The last-resort guard of every request: unexpected errors become 503, never 500."""
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-from starlette.testclient import TestClient
+import asyncio
+from pathlib import Path
 
-from authority.app import GuardMiddleware, Limits
+import httpx
 
-
-async def _boom(request: Request) -> JSONResponse:
-    raise RuntimeError("disk on fire")
+from authority.admin import init_data
+from authority.app import Limits, create_app
+from authority.datadir import DataDir
 
 
-async def _fine(request: Request) -> JSONResponse:
-    return JSONResponse({"ok": True})
+def _get(tmp_path: Path, limits: Limits, *paths: str) -> list[httpx.Response]:
+    data = DataDir(tmp_path / "authority")
+    init_data(data, "127.0.0.1", 4285)
+    app = create_app(data, limits)
+
+    def boom() -> None:
+        raise RuntimeError("disk on fire")
+
+    app.add_api_route("/boom", boom)  # a route with a bug, as a later change might add
+    transport = httpx.ASGITransport(app=app)
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [await client.get(path) for path in paths]
+
+    try:
+        return asyncio.run(run())
+    finally:
+        app.state.db.close()
 
 
-def _client(limits: Limits) -> TestClient:
-    app = Starlette(routes=[Route("/boom", _boom), Route("/fine", _fine)])
-    return TestClient(GuardMiddleware(app, limits))
-
-
-def test_an_unexpected_exception_is_answered_503_with_retry_after_and_request_id() -> None:
-    with _client(Limits(max_concurrency=5, retry_after=42)) as client:
-        response = client.get("/boom")
+def test_an_unexpected_exception_is_answered_503_with_retry_after_and_request_id(
+    tmp_path: Path,
+) -> None:
+    [response] = _get(tmp_path, Limits(max_concurrency=5, retry_after=42), "/boom")
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "42"
     body = response.json()
@@ -35,8 +45,10 @@ def test_an_unexpected_exception_is_answered_503_with_retry_after_and_request_id
     assert "disk on fire" not in response.text  # internals stay in the server log
 
 
-def test_every_answer_carries_a_request_id() -> None:
-    with _client(Limits()) as client:
-        first = client.get("/fine").headers["X-Request-ID"]
-        second = client.get("/fine").headers["X-Request-ID"]
-    assert first and second and first != second
+def test_unknown_paths_and_methods_are_json_errors_with_request_ids(tmp_path: Path) -> None:
+    missing, wrong_method = _get(tmp_path, Limits(), "/nope", "/api/v1/deploy/policy")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "no_such_endpoint"
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+    assert missing.headers["X-Request-ID"] != wrong_method.headers["X-Request-ID"]

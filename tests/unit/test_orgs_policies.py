@@ -68,9 +68,11 @@ def test_unusable_organization_name_is_refused(database: Database, name: str) ->
 
 
 def test_ldap_organization_needs_directory_settings(database: Database) -> None:
-    with pytest.raises(InvalidInput, match="--ldap-url and --ldap-base-dn"):
-        with database.transaction() as s:
-            create_org(s, "Acme", "ldap")
+    with (
+        pytest.raises(InvalidInput, match="--ldap-url and --ldap-base-dn"),
+        database.transaction() as s,
+    ):
+        create_org(s, "Acme", "ldap")
 
 
 @pytest.mark.parametrize(
