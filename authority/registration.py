@@ -54,6 +54,7 @@ class RegistrationRequest:
     device: DeviceReport
     username: str
     user_home: str
+    hardware_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,18 @@ def register(session: Session, policy: Policy, request: RegistrationRequest) -> 
             code="device_in_other_org",
         )
     already = device is not None and device.registered_at is not None
+    if (
+        device is not None
+        and already
+        and device.hardware_id
+        and request.hardware_id
+        and device.hardware_id != request.hardware_id
+    ):
+        raise Conflict(
+            f"device {guid} is already registered from other hardware; a cloned agent must "
+            "make a new identity (it does so by itself)",
+            code="device_cloned",
+        )
     if device is None:
         device = Device(guid=guid, org=org)
         session.add(device)
@@ -188,6 +201,7 @@ def register(session: Session, policy: Policy, request: RegistrationRequest) -> 
     credential = secrets.token_urlsafe(32)
     device.user = user
     device.user_home = home
+    device.hardware_id = request.hardware_id or device.hardware_id
     device.credential_hash = credential_digest(credential)
     if device.registered_at is None:
         device.registered_at = utcnow()

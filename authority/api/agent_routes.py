@@ -75,6 +75,12 @@ class RegisterRequest(AgentReport):
     os: OsName
     username: str = Field(..., min_length=1, max_length=256)
     user_home: str = Field(..., min_length=1, max_length=1024)
+    hardware_id: str | None = Field(
+        None,
+        max_length=128,
+        description="a digest of the machine's identity; a registered GUID arriving from "
+        "other hardware is refused with `device_cloned`",
+    )
 
 
 class RegisterResponse(BaseModel):
@@ -141,7 +147,10 @@ def register_device(
             session,
             policy,
             RegistrationRequest(
-                device=_report(body, body.os), username=body.username, user_home=body.user_home
+                device=_report(body, body.os),
+                username=body.username,
+                user_home=body.user_home,
+                hardware_id=body.hardware_id,
             ),
         )
         assert result.device.registered_at is not None

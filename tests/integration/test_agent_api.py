@@ -246,3 +246,26 @@ def test_the_admin_api_lists_devices_with_the_admin_key_only(
         listed = client.get("/api/v1/admin/devices", headers={"Authorization": f"Bearer {key}"})
     assert refused.status_code == 401
     assert [d["username"] for d in listed.json()] == ["jdoe@example.com"]
+
+
+def test_a_registered_guid_arriving_from_other_hardware_is_refused_as_cloned(
+    authority: Authority, token: str
+) -> None:
+    guid = str(uuid.uuid4())
+    body = {"device_guid": guid, "os": "linux", "username": "jdoe@example.com", "user_home": "/h"}
+    with authority.client() as client:
+
+        def register_from(hardware: str) -> httpx.Response:
+            return client.post(
+                "/api/v1/deploy/register",
+                headers={"X-Deployment-Token": token},
+                json={**body, "hardware_id": hardware},
+            )
+
+        original = register_from("a" * 64)
+        clone = register_from("b" * 64)
+        retry = register_from("a" * 64)
+    assert original.status_code == 200
+    assert clone.status_code == 409
+    assert clone.json()["error"]["code"] == "device_cloned"
+    assert retry.status_code == 200 and retry.json()["already_registered"] is True
