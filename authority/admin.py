@@ -5,6 +5,8 @@ Each operation runs in one transaction: it changes everything it says, or nothin
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 from functools import cached_property
 from typing import Any
@@ -36,6 +38,26 @@ from authority.tls import CertificateStore
 from authority.users import list_users, reset_password, user_summary
 from authority.views import json_value
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+
+
+def check_host(host: str) -> str:
+    """The host name or IP address agents will use; a port belongs in --port."""
+    candidate = host.strip()
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        pass
+    labels = candidate.rstrip(".").split(".")
+    if not candidate or len(candidate) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise InvalidInput(
+            f"--host {host!r} is not a host name or IP address "
+            "(ASCII letters, digits, hyphens and dots; give the port with --port)"
+        )
+    return candidate.rstrip(".").lower()
+
 
 def init_data(data: DataDir, host: str, port: int) -> str:
     """Create the data folder; refuses an initialised one (a new certificate would break pins)."""
@@ -44,8 +66,7 @@ def init_data(data: DataDir, host: str, port: int) -> str:
             f"{data.root} is already initialised; nothing was changed "
             "(use `tls renew` to replace the certificate)"
         )
-    if not host or any(c.isspace() for c in host) or "/" in host:
-        raise InvalidInput(f"--host {host!r} is not a host name")
+    host = check_host(host)
     data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     data.root.chmod(0o700)
     db = Database(data.database_url)

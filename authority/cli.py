@@ -112,9 +112,7 @@ class _Builder:
 
 def _add_server_commands(b: _Builder, sub: Any) -> None:
     p = b.add(sub, "init", "init", "create a data folder, database and certificate")
-    p.add_argument(
-        "--host", default=socket.getfqdn(), help="host name agents use (default: this machine's)"
-    )
+    p.add_argument("--host", help="host name agents use (default: this machine's)")
     p.add_argument(
         "--port", type=_port, default=DEFAULT_PORT, help=f"port agents use (default {DEFAULT_PORT})"
     )
@@ -214,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = DataDir.resolve(args.data)
         if args.command_key == "init":
-            print(init_data(data, args.host, args.port))
+            print(init_data(data, args.host or socket.getfqdn(), args.port))
         else:
             with Admin(data) as admin:
                 HANDLERS[args.command_key](admin, args)

@@ -53,7 +53,10 @@ def parse_os(name: str) -> str:
 def interpreter_for(os_name: str, filename: str, content: str) -> list[str]:
     first = content.splitlines()[0] if content else ""
     if first.startswith("#!"):
-        argv = shlex.split(first[2:].strip())
+        try:
+            argv = shlex.split(first[2:].strip())
+        except ValueError as exc:
+            raise InvalidInput(f"{filename}: the #! line cannot be read ({exc})") from None
         if not argv:
             raise InvalidInput(f"{filename}: the #! line names no interpreter")
         return argv
@@ -80,14 +83,14 @@ def load_script(spec: str) -> ScriptFile:
     raw = path.read_bytes()
     if len(raw) > MAX_SCRIPT_BYTES:
         raise InvalidInput(f"--script {os_name}: {path} is larger than {MAX_SCRIPT_BYTES} bytes")
-    if not raw.strip():
-        raise InvalidInput(f"--script {os_name}: {path} is empty")
     if b"\0" in raw:
         raise InvalidInput(f"--script {os_name}: {path} is not a text file (it contains NUL bytes)")
     try:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"--script {os_name}: {path} is not UTF-8 text ({exc.reason})") from None
+    if not content.strip():
+        raise InvalidInput(f"--script {os_name}: {path} is empty")
     return ScriptFile(
         os=os_name,
         filename=path.name,

@@ -62,7 +62,10 @@ def make_self_signed(host: str, now: dt.datetime | None = None) -> tuple[bytes, 
     """A fresh key and a self-signed server certificate for `host`, as PEM (cert, key)."""
     now = now or dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    # The common name is limited to 64 characters; clients match the SAN, so a long host
+    # name lives there only.
+    common_name = host if len(host) <= 64 else "Holdfast authority"
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

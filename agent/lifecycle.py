@@ -1,0 +1,463 @@
+"""The agent's deployment lifecycle as a pure state machine.
+
+    step(state, event, now, env) -> (state, actions)
+
+No I/O, no clock, no randomness of its own: the time comes in as `now`, the random draw as
+`env.draw`, the intervals as `env.timings`. The daemon performs the actions and feeds their
+outcomes back as events.
+
+    UNCONFIGURED ──args──▶ AWAITING_POLICY ──found──▶ AWAITING_REGISTRATION ──registered──▶ BACKING_UP
+                            ▲  │ every policy_retry     │ every registration_retry:
+                            │  ▼                        │ fetch policy, detect, register
+                            └── policy gone for good ◀──┘
+                                   manual policy ──▶ AWAITING_SIGN_IN
+    any phase ──stop──▶ STOPPED ──start──▶ the phase it was stopped in, a fresh attempt at once
+
+An attempt in AWAITING_REGISTRATION is three actions in a row: FetchPolicy, RunDetection,
+Register. Any failure ends the attempt and schedules the next one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class Phase(StrEnum):
+    UNCONFIGURED = "unconfigured"
+    AWAITING_POLICY = "awaiting_policy"
+    AWAITING_REGISTRATION = "awaiting_registration"
+    AWAITING_SIGN_IN = "awaiting_sign_in"
+    BACKING_UP = "backing_up"
+    STOPPED = "stopped"
+
+
+class Step(StrEnum):
+    """Where the current attempt is; IDLE between attempts."""
+
+    IDLE = "idle"
+    FETCHING_POLICY = "fetching_policy"
+    DETECTING = "detecting"
+    REGISTERING = "registering"
+    CHECKING_IN = "checking_in"
+
+
+@dataclass(frozen=True)
+class Timings:
+    policy_retry: float = 300.0
+    registration_retry: float = 3600.0
+    backup_interval: float = 900.0
+    jitter: float = 0.1  # +/- fraction applied to every wait
+
+
+@dataclass(frozen=True)
+class Env:
+    timings: Timings
+    draw: float = 0.5  # a fresh uniform draw in [0, 1) from the daemon's random source
+    device_phase: float = 0.0  # in [0, 1), fixed per device (see device_phase())
+
+
+@dataclass(frozen=True)
+class State:
+    phase: Phase = Phase.UNCONFIGURED
+    since: dt.datetime | None = None
+    next_attempt_at: dt.datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    last_error_code: str | None = None
+    step: Step = Step.IDLE
+    resume_phase: Phase | None = None  # while STOPPED: where `start` goes back to
+    stopped_by: str | None = None
+    org: str | None = None
+    registration: str | None = None  # "silent" or "manual", from the latest policy
+    username: str | None = None
+    user_home: str | None = None
+    registered_at: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+# Events: what happened.
+
+
+@dataclass(frozen=True)
+class Started:
+    configured: bool  # installer arguments are present
+
+
+@dataclass(frozen=True)
+class Configured:
+    """Installer arguments arrived while the agent was unconfigured."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The daemon woke up; an attempt is due if `now` has reached `next_attempt_at`."""
+
+
+@dataclass(frozen=True)
+class PolicyFound:
+    org: str
+    registration: str  # "silent" or "manual"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The current attempt failed; `permanent` when the authority refused it for good."""
+
+    code: str
+    message: str
+    permanent: bool = False
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class UserDetected:
+    username: str
+    user_home: str
+
+
+@dataclass(frozen=True)
+class Registered:
+    username: str
+    user_home: str
+    registered_at: str
+
+
+@dataclass(frozen=True)
+class CheckedIn:
+    org: str
+
+
+@dataclass(frozen=True)
+class CredentialRejected:
+    """A registered device's credential no longer works: register again."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    by: str
+
+
+@dataclass(frozen=True)
+class StartRequested:
+    by: str
+
+
+Event = (
+    Started
+    | Configured
+    | Tick
+    | PolicyFound
+    | Failed
+    | UserDetected
+    | Registered
+    | CheckedIn
+    | CredentialRejected
+    | StopRequested
+    | StartRequested
+)
+
+
+# Actions: what the daemon must do next.
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    as_device: bool = False  # with the device credential (registered) instead of the token
+
+
+@dataclass(frozen=True)
+class RunDetection:
+    pass
+
+
+@dataclass(frozen=True)
+class Register:
+    username: str
+    user_home: str
+
+
+@dataclass(frozen=True)
+class StartBackups:
+    """Hand-off to the backup engine."""
+
+
+Action = FetchPolicy | RunDetection | Register | StartBackups
+
+
+def device_phase(device_guid: str) -> float:
+    """A fixed offset in [0, 1) per device, so devices with the same random draws still spread."""
+    digest = hashlib.sha256(device_guid.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def jittered(base: float, env: Env) -> float:
+    """`base` moved by up to +/- jitter, by the draw shifted by the device's phase."""
+    unit = (env.draw + env.device_phase) % 1.0
+    return max(1.0, base * (1.0 + env.timings.jitter * (2.0 * unit - 1.0)))
+
+
+def _after(now: dt.datetime, base: float, env: Env, retry_after: float | None) -> dt.datetime:
+    wait = jittered(base, env)
+    if retry_after is not None:
+        wait = max(wait, retry_after)  # Retry-After is a lower bound, never shortened
+    return now + dt.timedelta(seconds=wait)
+
+
+def _enter(state: State, phase: Phase, now: dt.datetime, **changes: Any) -> State:
+    """A new phase: its clock and failure count start over, its first attempt is due now."""
+    return replace(
+        state,
+        phase=phase,
+        since=now,
+        attempts=0,
+        last_error=None,
+        last_error_code=None,
+        next_attempt_at=now,
+        step=Step.IDLE,
+        **changes,
+    )
+
+
+def _retry_interval(state: State, env: Env) -> float:
+    if state.phase == Phase.AWAITING_POLICY:
+        return env.timings.policy_retry
+    if state.phase == Phase.BACKING_UP:
+        return env.timings.backup_interval
+    return env.timings.registration_retry
+
+
+def _failed(state: State, event: Failed, now: dt.datetime, env: Env) -> State:
+    # AWAITING_REGISTRATION -> AWAITING_POLICY when the policy is gone for good (token
+    # rotated, policy deleted, organization deactivated): the policy is "not found" again.
+    if (
+        state.phase == Phase.AWAITING_REGISTRATION
+        and state.step == Step.FETCHING_POLICY
+        and event.permanent
+    ):
+        state = _enter(state, Phase.AWAITING_POLICY, now)
+    return replace(
+        state,
+        step=Step.IDLE,
+        attempts=state.attempts + 1,
+        last_error=event.message,
+        last_error_code=event.code,
+        next_attempt_at=_after(now, _retry_interval(state, env), env, event.retry_after),
+    )
+
+
+def _due(state: State, now: dt.datetime) -> bool:
+    return (
+        state.step == Step.IDLE
+        and state.next_attempt_at is not None
+        and now >= state.next_attempt_at
+    )
+
+
+def _attempt(state: State) -> tuple[State, list[Action]]:
+    if state.phase in (Phase.AWAITING_POLICY, Phase.AWAITING_REGISTRATION, Phase.AWAITING_SIGN_IN):
+        return replace(state, step=Step.FETCHING_POLICY), [FetchPolicy()]
+    if state.phase == Phase.BACKING_UP:
+        return replace(state, step=Step.CHECKING_IN), [FetchPolicy(as_device=True)]
+    return state, []
+
+
+Result = tuple[State, list[Action]]
+
+
+def _on_started(state: State, event: Started, now: dt.datetime, env: Env) -> Result:
+    if state.phase == Phase.STOPPED:
+        return replace(state, step=Step.IDLE, next_attempt_at=None), []
+    if state.phase == Phase.UNCONFIGURED:
+        if not event.configured:
+            return replace(state, since=state.since or now, next_attempt_at=None), []
+        # UNCONFIGURED -> AWAITING_POLICY
+        return _attempt(_enter(state, Phase.AWAITING_POLICY, now))
+    # A restart resumes the phase it was in, with a fresh attempt at once; an attempt
+    # interrupted by the restart simply did not happen.
+    resumed, actions = _attempt(replace(state, step=Step.IDLE, next_attempt_at=now))
+    if resumed.phase == Phase.BACKING_UP:
+        return resumed, [StartBackups(), *actions]
+    return resumed, actions
+
+
+def _on_configured(state: State, event: Configured, now: dt.datetime, env: Env) -> Result:
+    if state.phase != Phase.UNCONFIGURED:
+        return state, []
+    # UNCONFIGURED -> AWAITING_POLICY
+    return _attempt(_enter(state, Phase.AWAITING_POLICY, now))
+
+
+def _on_tick(state: State, event: Tick, now: dt.datetime, env: Env) -> Result:
+    if state.phase in (Phase.STOPPED, Phase.UNCONFIGURED) or not _due(state, now):
+        return state, []
+    return _attempt(state)
+
+
+def _on_policy_found(state: State, event: PolicyFound, now: dt.datetime, env: Env) -> Result:
+    if state.step != Step.FETCHING_POLICY:
+        return state, []
+    found = replace(state, org=event.org, registration=event.registration)
+    if event.registration == "manual":
+        if state.phase == Phase.AWAITING_SIGN_IN:
+            return replace(found, step=Step.IDLE, next_attempt_at=None), []
+        # AWAITING_POLICY / AWAITING_REGISTRATION -> AWAITING_SIGN_IN
+        return _enter(found, Phase.AWAITING_SIGN_IN, now, next_attempt_at=None), []
+    if state.phase in (Phase.AWAITING_POLICY, Phase.AWAITING_SIGN_IN):
+        # AWAITING_POLICY -> AWAITING_REGISTRATION, detection at once
+        found = _enter(found, Phase.AWAITING_REGISTRATION, now)
+    return replace(found, step=Step.DETECTING), [RunDetection()]
+
+
+def _on_user_detected(state: State, event: UserDetected, now: dt.datetime, env: Env) -> Result:
+    if state.step != Step.DETECTING:
+        return state, []
+    return replace(state, step=Step.REGISTERING), [Register(event.username, event.user_home)]
+
+
+def _on_registered(state: State, event: Registered, now: dt.datetime, env: Env) -> Result:
+    if state.step != Step.REGISTERING:
+        return state, []
+    # AWAITING_REGISTRATION -> BACKING_UP
+    entered = _enter(
+        state,
+        Phase.BACKING_UP,
+        now,
+        username=event.username,
+        user_home=event.user_home,
+        registered_at=event.registered_at,
+    )
+    next_check = _after(now, env.timings.backup_interval, env, None)
+    return replace(entered, next_attempt_at=next_check), [StartBackups()]
+
+
+def _on_checked_in(state: State, event: CheckedIn, now: dt.datetime, env: Env) -> Result:
+    if state.step != Step.CHECKING_IN:
+        return state, []
+    checked = replace(
+        state,
+        org=event.org,
+        step=Step.IDLE,
+        attempts=0,
+        last_error=None,
+        last_error_code=None,
+        next_attempt_at=_after(now, env.timings.backup_interval, env, None),
+    )
+    return checked, []
+
+
+def _on_credential_rejected(
+    state: State, event: CredentialRejected, now: dt.datetime, env: Env
+) -> Result:
+    if state.phase != Phase.BACKING_UP:
+        return state, []
+    # BACKING_UP -> AWAITING_REGISTRATION: the authority no longer knows this credential
+    entered = _enter(state, Phase.AWAITING_REGISTRATION, now, registered_at=None)
+    return _attempt(
+        replace(entered, last_error=event.message, last_error_code="credential_invalid")
+    )
+
+
+def _on_failed(state: State, event: Failed, now: dt.datetime, env: Env) -> Result:
+    if state.step == Step.IDLE:
+        return state, []
+    return _failed(state, event, now, env), []
+
+
+def _on_stop(state: State, event: StopRequested, now: dt.datetime, env: Env) -> Result:
+    if state.phase == Phase.STOPPED:
+        return state, []
+    # any phase -> STOPPED
+    stopped = replace(
+        state,
+        phase=Phase.STOPPED,
+        since=now,
+        resume_phase=state.phase,
+        stopped_by=event.by,
+        step=Step.IDLE,
+        next_attempt_at=None,
+    )
+    return stopped, []
+
+
+def _on_start(state: State, event: StartRequested, now: dt.datetime, env: Env) -> Result:
+    if state.phase != Phase.STOPPED:
+        return state, []
+    # STOPPED -> the phase it was stopped in, a fresh attempt at once
+    resumed = replace(
+        state,
+        phase=state.resume_phase or Phase.UNCONFIGURED,
+        since=now,
+        resume_phase=None,
+        stopped_by=None,
+        next_attempt_at=now,
+        step=Step.IDLE,
+    )
+    if resumed.phase == Phase.UNCONFIGURED:
+        return replace(resumed, next_attempt_at=None), []
+    if resumed.phase == Phase.BACKING_UP:
+        checked, actions = _attempt(resumed)
+        return checked, [StartBackups(), *actions]
+    return _attempt(resumed)
+
+
+_HANDLERS: dict[type, Callable[[State, Any, dt.datetime, Env], Result]] = {
+    Started: _on_started,
+    Configured: _on_configured,
+    Tick: _on_tick,
+    PolicyFound: _on_policy_found,
+    UserDetected: _on_user_detected,
+    Registered: _on_registered,
+    CheckedIn: _on_checked_in,
+    CredentialRejected: _on_credential_rejected,
+    Failed: _on_failed,
+    StopRequested: _on_stop,
+    StartRequested: _on_start,
+}
+
+
+def step(state: State, event: Event, now: dt.datetime, env: Env) -> Result:
+    """The next state and the actions it asks for. Pure: same inputs, same outputs.
+
+    An event that does not fit the state (a late outcome of an attempt that a stop
+    interrupted, say) changes nothing.
+    """
+    handler = _HANDLERS.get(type(event))
+    if handler is None:
+        raise TypeError(f"unknown event {event!r}")
+    return handler(state, event, now, env)
+
+
+__all__ = [
+    "Action",
+    "CheckedIn",
+    "Configured",
+    "CredentialRejected",
+    "Env",
+    "Event",
+    "Failed",
+    "FetchPolicy",
+    "Phase",
+    "PolicyFound",
+    "Register",
+    "Registered",
+    "RunDetection",
+    "StartBackups",
+    "StartRequested",
+    "Started",
+    "State",
+    "Step",
+    "StopRequested",
+    "Tick",
+    "Timings",
+    "UserDetected",
+    "device_phase",
+    "jittered",
+    "step",
+]
