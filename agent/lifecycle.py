@@ -6,7 +6,7 @@ No I/O, no clock, no randomness of its own: the time comes in as `now`, the rand
 `env.draw`, the intervals as `env.timings`. The daemon performs the actions and feeds their
 outcomes back as events.
 
-    UNCONFIGURED ──args──▶ AWAITING_POLICY ──found──▶ AWAITING_REGISTRATION ──registered──▶ BACKING_UP
+    UNCONFIGURED ──args──▶ AWAITING_POLICY ──found──▶ AWAITING_REGISTRATION ──ok──▶ BACKING_UP
                             ▲  │ every policy_retry     │ every registration_retry:
                             │  ▼                        │ fetch policy, detect, register
                             └── policy gone for good ◀──┘
