@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -58,7 +59,16 @@ def _serve(admin: Admin, args: argparse.Namespace) -> None:
 
 def _org_create(admin: Admin, args: argparse.Namespace) -> None:
     ldap = None
-    if args.ldap_url or args.ldap_base_dn or args.ldap_bind_dn or args.ldap_bind_password_file:
+    ldap_options = (
+        args.ldap_url,
+        args.ldap_base_dn,
+        args.ldap_bind_dn,
+        args.ldap_bind_password_file,
+        args.ldap_user_filter,
+    )
+    if any(ldap_options):
+        if args.auth != "ldap":
+            raise InvalidInput(f"--ldap-* options apply to --auth ldap only, not {args.auth}")
         if not args.ldap_url or not args.ldap_base_dn:
             raise InvalidInput("LDAP settings need both --ldap-url and --ldap-base-dn")
         ldap = LdapSettings(
@@ -66,7 +76,7 @@ def _org_create(admin: Admin, args: argparse.Namespace) -> None:
             base_dn=args.ldap_base_dn,
             bind_dn=args.ldap_bind_dn,
             bind_password_file=args.ldap_bind_password_file,
-            user_filter=args.ldap_user_filter,
+            user_filter=args.ldap_user_filter or DEFAULT_LDAP_FILTER,
         )
     print(admin.org_create(args.name, args.auth, args.parent, ldap))
 
@@ -95,8 +105,12 @@ class _Builder:
 
     def __init__(self) -> None:
         self.common = argparse.ArgumentParser(add_help=False)
+        # SUPPRESS: a --data given before the command is not overwritten by this default.
         self.common.add_argument(
-            "--data", metavar="DIR", help=f"the authority's data folder (default: ${ENV_DATA})"
+            "--data",
+            metavar="DIR",
+            default=argparse.SUPPRESS,
+            help=f"the authority's data folder (default: ${ENV_DATA})",
         )
         self.as_json = argparse.ArgumentParser(add_help=False)
         self.as_json.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -145,7 +159,7 @@ def _add_org_commands(b: _Builder, sub: Any) -> None:
     p.add_argument("--ldap-base-dn")
     p.add_argument("--ldap-bind-dn")
     p.add_argument("--ldap-bind-password-file")
-    p.add_argument("--ldap-user-filter", default=DEFAULT_LDAP_FILTER)
+    p.add_argument("--ldap-user-filter", help=f"default: {DEFAULT_LDAP_FILTER}")
     b.add(org, "list", "org list", "list organizations", json_out=True)
     p = b.add(org, "deactivate", "org deactivate", "deactivate an organization (its policy stops)")
     p.add_argument("name")
@@ -198,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="holdfast-authority", description="Holdfast's reference authority server."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--data", metavar="DIR", help=f"the data folder (default: ${ENV_DATA})")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     builder = _Builder()
     _add_server_commands(builder, sub)
@@ -221,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `... | head` closed our output: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # the last line of defence: one sentence, never a traceback
         print(
             f"holdfast-authority: unexpected error ({type(exc).__name__}): {exc}", file=sys.stderr

@@ -97,7 +97,7 @@ class CertificateReloader(threading.Thread):
         while not self.stopped.wait(RELOAD_CHECK_SECONDS):
             try:
                 stamp = self._stamp()
-                context = self.server.config.ssl
+                context = getattr(self.server.config, "ssl", None)  # set once started
                 if stamp == self._seen or not isinstance(context, ssl.SSLContext):
                     continue
                 context.load_cert_chain(

@@ -40,12 +40,14 @@ Phase = Literal[
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {
         "description": "missing or invalid token or credential "
-        "(`token_missing`, `credential_invalid`)"
+        "(`token_missing`, `token_malformed`, `credential_missing`, `credential_invalid`)"
     },
     403: {"description": "`org_deactivated`, `sign_in_required`"},
     404: {"description": "`token_unknown`, `token_rotated`"},
+    409: {"description": "`device_in_other_org`, `device_cloned`"},
     410: {"description": "`policy_deleted`"},
     422: {"description": "`invalid_request` and other validation codes"},
+    501: {"description": "`auth_not_implemented`"},
     503: {
         "description": "`overloaded`, `database_busy`, `internal_error`; always with Retry-After"
     },

@@ -1,0 +1,116 @@
+"""`conf/agent.yaml`: local settings that override the policy's (CONTRACT.md section 4).
+
+A key set here overrides the value the policy carries; a key not set here takes the
+policy's value, else the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.errors import UsageError
+from agent.lifecycle import Timings
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# key: (type, minimum, maximum, default)
+_NUMBERS: dict[str, tuple[type, float, float, float]] = {
+    "policy_retry_seconds": (int, 1, 7 * 86400, 300),
+    "registration_retry_seconds": (int, 1, 7 * 86400, 3600),
+    "backup_interval_seconds": (int, 1, 7 * 86400, 900),
+    "retry_jitter": (float, 0.0, 0.5, 0.1),
+    "request_timeout_seconds": (float, 1, 600, 30),
+    "detection_timeout_seconds": (int, 1, 300, 60),
+}
+_STRINGS = ("log_level", "machine_id_file", "log_format")
+KNOWN = tuple(_NUMBERS) + _STRINGS
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What agent.yaml sets; `values` holds only the keys present in the file."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_level(self) -> str:
+        return str(self.values.get("log_level", "info"))
+
+    @property
+    def machine_id_file(self) -> str | None:
+        value = self.values.get("machine_id_file")
+        return str(value) if value else None
+
+    @property
+    def request_timeout(self) -> float:
+        return float(self.values.get("request_timeout_seconds", 30))
+
+    def setting(self, key: str, policy: Mapping[str, Any] | None) -> float:
+        """agent.yaml, else the policy, else the default."""
+        if key in self.values:
+            return float(self.values[key])
+        _kind, low, high, default = _NUMBERS[key]
+        if policy is not None and key in policy:
+            try:
+                value = float(policy[key])
+            except (TypeError, ValueError):
+                return default
+            return value if low <= value <= high else default
+        return default
+
+    def timings(self, policy: Mapping[str, Any] | None) -> Timings:
+        return Timings(
+            policy_retry=self.setting("policy_retry_seconds", policy),
+            registration_retry=self.setting("registration_retry_seconds", policy),
+            backup_interval=self.setting("backup_interval_seconds", policy),
+            jitter=self.setting("retry_jitter", None),
+        )
+
+
+def _check(key: str, value: Any, path: Path) -> Any:
+    if key in _NUMBERS:
+        kind, low, high, _default = _NUMBERS[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"{path}: {key} must be a number, not {value!r}")
+        if kind is int and not float(value).is_integer():
+            raise UsageError(f"{path}: {key} must be a whole number of seconds, not {value!r}")
+        if not low <= value <= high:
+            raise UsageError(f"{path}: {key} must be between {low:g} and {high:g}, not {value!r}")
+        return kind(value)
+    if key == "log_level" and str(value).lower() not in LOG_LEVELS:
+        raise UsageError(f"{path}: log_level must be one of {', '.join(LOG_LEVELS)}")
+    if key == "log_format" and value not in ("text", "json"):
+        raise UsageError(f"{path}: log_format must be text or json")
+    return str(value).lower() if key == "log_level" else str(value)
+
+
+def load(path: Path) -> AgentConfig:
+    """Read agent.yaml; a missing file means every default. Unknown keys are refused by name."""
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return AgentConfig()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot be read ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({exc})") from None
+    if raw is None:
+        return AgentConfig()
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected KEY: VALUE lines")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in KNOWN:
+            raise UsageError(f"{path}: unknown key {key!r}; known keys: {', '.join(KNOWN)}")
+        values[str(key)] = _check(str(key), value, path)
+    return AgentConfig(values)
+
+
+__all__ = ["KNOWN", "AgentConfig", "load"]
