@@ -1,26 +1,106 @@
-"""`holdfast`: argument parsing and exit codes.
+"""`holdfast`: argument parsing and exit codes, nothing else.
 
-The agent's lifecycle commands arrive with the lifecycle issue; until then the command
-says what it is and which version, so packaging and scripts can already call it.
+Exit codes (CONTRACT.md section 5): 0 success; 2 bad usage or input; 3 the daemon is needed
+and not running; 4 refused; 1 any other failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent import __version__
+from agent.errors import AgentError
+from agent.paths import ENV_HOME, AgentPaths
 
 
 def build_parser() -> argparse.ArgumentParser:
+    home = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a --home given before the command is not overwritten by this default.
+    home.add_argument(
+        "--home",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"keep every file of the agent under DIR (default: ${ENV_HOME}, else the system's)",
+    )
     parser = argparse.ArgumentParser(prog="holdfast", description="Holdfast endpoint backup agent.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--home", metavar="DIR", help="keep every file of the agent under DIR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[home], help="the daemon, in the foreground")
+    given = run.add_mutually_exclusive_group()
+    given.add_argument("--deploy-args", metavar="S", help="installer arguments, the CP_ARGS string")
+    given.add_argument(
+        "--deploy-file", metavar="P", help="installer arguments, a deploy.properties"
+    )
+
+    status = sub.add_parser("status", parents=[home], help="where the agent stands")
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
     return parser
 
 
+def _reexec_without_args(argv: Sequence[str]) -> None:
+    """Start again without --deploy-args/--deploy-file, so the token leaves the process list."""
+    kept: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        if word in ("--deploy-args", "--deploy-file"):
+            skip = True
+            continue
+        if word.startswith(("--deploy-args=", "--deploy-file=")):
+            continue
+        kept.append(word)
+    if getattr(sys, "frozen", False):
+        command = [sys.executable, *kept]
+    else:
+        command = [sys.executable, "-m", "agent", *kept]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)  # noqa: S606  # our own interpreter, our own module
+
+
+def _run(args: argparse.Namespace, paths: AgentPaths, argv: Sequence[str]) -> int:
+    if args.deploy_args is not None or args.deploy_file is not None:
+        from agent.deploy_args import parse_cp_args, read_properties_file, save
+
+        given = (
+            parse_cp_args(args.deploy_args)
+            if args.deploy_args is not None
+            else read_properties_file(Path(args.deploy_file))
+        )
+        paths.ensure()
+        save(given, paths.deploy_properties)
+        _reexec_without_args(argv)
+    from agent.daemon import Daemon
+
+    return Daemon(paths).run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(words)
+    try:
+        paths = AgentPaths.resolve(args.home)
+        if args.command == "run":
+            return _run(args, paths, words)
+        from agent.status import collect, render
+
+        report = collect(paths)
+        print(json.dumps(report, indent=2) if args.json else render(report))
+        return 0
+    except AgentError as exc:
+        print(f"holdfast: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
 
 
 __all__ = ["build_parser", "main"]

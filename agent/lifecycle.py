@@ -205,24 +205,26 @@ def jittered(base: float, env: Env) -> float:
 
 def _after(now: dt.datetime, base: float, env: Env, retry_after: float | None) -> dt.datetime:
     wait = jittered(base, env)
-    if retry_after is not None:
-        wait = max(wait, retry_after)  # Retry-After is a lower bound, never shortened
+    if retry_after is not None and retry_after > wait:
+        # Retry-After is a lower bound, never shortened; spread above it, or every device
+        # told the same Retry-After would come back in the same second.
+        unit = (env.draw + env.device_phase) % 1.0
+        wait = retry_after * (1.0 + env.timings.jitter * unit)
     return now + dt.timedelta(seconds=wait)
 
 
 def _enter(state: State, phase: Phase, now: dt.datetime, **changes: Any) -> State:
     """A new phase: its clock and failure count start over, its first attempt is due now."""
-    return replace(
-        state,
-        phase=phase,
-        since=now,
-        attempts=0,
-        last_error=None,
-        last_error_code=None,
-        next_attempt_at=now,
-        step=Step.IDLE,
-        **changes,
-    )
+    values: dict[str, Any] = {
+        "phase": phase,
+        "since": now,
+        "attempts": 0,
+        "last_error": None,
+        "last_error_code": None,
+        "next_attempt_at": now,
+        "step": Step.IDLE,
+    }
+    return replace(state, **{**values, **changes})
 
 
 def _retry_interval(state: State, env: Env) -> float:
@@ -358,10 +360,8 @@ def _on_credential_rejected(
     if state.phase != Phase.BACKING_UP:
         return state, []
     # BACKING_UP -> AWAITING_REGISTRATION: the authority no longer knows this credential
-    entered = _enter(state, Phase.AWAITING_REGISTRATION, now, registered_at=None)
-    return _attempt(
-        replace(entered, last_error=event.message, last_error_code="credential_invalid")
-    )
+    # (the daemon logs why; last_error stays null until an attempt of the new phase fails)
+    return _attempt(_enter(state, Phase.AWAITING_REGISTRATION, now, registered_at=None))
 
 
 def _on_failed(state: State, event: Failed, now: dt.datetime, env: Env) -> Result:
@@ -389,15 +389,10 @@ def _on_stop(state: State, event: StopRequested, now: dt.datetime, env: Env) -> 
 def _on_start(state: State, event: StartRequested, now: dt.datetime, env: Env) -> Result:
     if state.phase != Phase.STOPPED:
         return state, []
-    # STOPPED -> the phase it was stopped in, a fresh attempt at once
-    resumed = replace(
-        state,
-        phase=state.resume_phase or Phase.UNCONFIGURED,
-        since=now,
-        resume_phase=None,
-        stopped_by=None,
-        next_attempt_at=now,
-        step=Step.IDLE,
+    # STOPPED -> the phase it was stopped in, a fresh attempt at once; failures from
+    # before the stop are not counted again.
+    resumed = _enter(
+        state, state.resume_phase or Phase.UNCONFIGURED, now, resume_phase=None, stopped_by=None
     )
     if resumed.phase == Phase.UNCONFIGURED:
         return replace(resumed, next_attempt_at=None), []

@@ -7,6 +7,8 @@ Every JSON state file carries a `version`.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 import tempfile
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
+from agent.lifecycle import Phase, State, Step
 
 
 class StateError(AgentError):
@@ -66,4 +69,48 @@ def read_json(path: Path, version: int) -> dict[str, Any] | None:
     return body
 
 
-__all__ = ["StateError", "read_json", "write_atomic", "write_json"]
+# The lifecycle's state on disk (state/state.json).
+
+STATE_VERSION = 1
+_TIMES = ("since", "next_attempt_at")
+
+
+def save_state(path: Path, state: State) -> None:
+    """Persist the lifecycle State after every transition."""
+    body = dataclasses.asdict(state)
+    for key in _TIMES:
+        if body.get(key) is not None:
+            body[key] = body[key].isoformat()
+    write_json(path, STATE_VERSION, body, mode=0o644)
+
+
+def load_state(path: Path) -> State:
+    """The persisted lifecycle State, or a fresh one when there is none."""
+    body = read_json(path, STATE_VERSION)
+    if body is None:
+        return State()
+    body.pop("version", None)
+    known = {f.name for f in dataclasses.fields(State)}
+    values = {k: v for k, v in body.items() if k in known}
+    try:
+        for key in _TIMES:
+            if values.get(key):
+                values[key] = dt.datetime.fromisoformat(values[key])
+        values["phase"] = Phase(values.get("phase", Phase.UNCONFIGURED))
+        values["step"] = Step(values.get("step", Step.IDLE))
+        if values.get("resume_phase"):
+            values["resume_phase"] = Phase(values["resume_phase"])
+        return State(**values)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"{path} is damaged ({exc}); move it aside to start over") from None
+
+
+__all__ = [
+    "STATE_VERSION",
+    "StateError",
+    "load_state",
+    "read_json",
+    "save_state",
+    "write_atomic",
+    "write_json",
+]

@@ -1,0 +1,383 @@
+"""The agent's only loop: performs the lifecycle's actions, persists, sleeps until due.
+
+Signal handlers only set a flag and wake the loop; the loop persists and exits cleanly.
+State is written atomically after every transition, so a restart (or a crash, or a
+reboot) resumes the phase the agent was in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from agent import __version__, logs
+from agent.config import AgentConfig
+from agent.config import load as load_config
+from agent.deploy_args import DeployArgs, read_properties_file
+from agent.detection import DetectionError, DetectionScript, detect
+from agent.errors import AgentError, ContactError, PermanentError, UsageError
+from agent.identity import Identity, hardware_id, load_or_create, renew
+from agent.lifecycle import (
+    Action,
+    CheckedIn,
+    Configured,
+    CredentialRejected,
+    Env,
+    Event,
+    Failed,
+    FetchPolicy,
+    Phase,
+    PolicyFound,
+    Register,
+    Registered,
+    RunDetection,
+    StartBackups,
+    Started,
+    State,
+    Tick,
+    UserDetected,
+    device_phase,
+    step,
+)
+from agent.paths import AgentPaths
+from agent.policy import Policy, this_os
+from agent.registration import load_credential, register
+from agent.state import load_state, save_state, write_atomic
+from agent.transport import AuthorityClient
+
+log = logging.getLogger(logs.LOGGER)
+Clock = Callable[[], dt.datetime]
+UNCONFIGURED_POLL_SECONDS = 60.0
+MAX_SLEEP_SECONDS = 3600.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _when(moment: dt.datetime | None) -> str:
+    return moment.astimezone().isoformat(timespec="seconds") if moment else "-"
+
+
+class Daemon:
+    """One running agent over one set of folders."""
+
+    def __init__(
+        self, paths: AgentPaths, *, clock: Clock = utcnow, rng: random.Random | None = None
+    ) -> None:
+        self.paths = paths
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311  # jitter, not secrecy
+        self.wake = threading.Event()
+        self.stopping = False
+        self.config = AgentConfig()
+        self.state = State()
+        self.args: DeployArgs | None = None
+        self.policy: Policy | None = None
+        self.identity: Identity | None = None
+
+    # Signals and the loop
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def run(self) -> int:
+        self.paths.ensure()
+        self.config = load_config(self.paths.agent_yaml)
+        logs.setup(self.paths.agent_log, self.config.log_level)
+        self._claim_pid_file()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        try:
+            self._start()
+            while not self.stopping:
+                self._unconfigured_poll()
+                self.feed(Tick())
+                self.wake.wait(self._sleep_seconds())
+                self.wake.clear()
+            log.info("stopping on request; state saved (phase %s)", self.state.phase.value)
+            return 0
+        finally:
+            self.paths.pid_file.unlink(missing_ok=True)
+            logs.close()
+
+    def _claim_pid_file(self) -> None:
+        existing = read_pid_file(self.paths)
+        if existing is not None:
+            raise AgentError(f"the agent is already running (pid {existing})")
+        me = psutil.Process()
+        body = {"pid": me.pid, "create_time": me.create_time(), "version": __version__}
+        write_atomic(self.paths.pid_file, (json.dumps(body) + "\n").encode(), mode=0o644)
+
+    def _start(self) -> None:
+        now = self.clock()
+        hardware = hardware_id(self.config.machine_id_file)
+        self.identity, reason = load_or_create(self.paths.identity, hardware, now)
+        self.state = load_state(self.paths.state_file)
+        if reason is not None and reason != "first start":
+            # A cloned image: nothing of the original device is ours, start over as new.
+            self.paths.credential.unlink(missing_ok=True)
+            self.state = State()
+            log.warning("made a new device identity %s: %s", self.identity.guid, reason)
+        elif reason == "first start":
+            log.info("made the device identity %s", self.identity.guid)
+        self.args = self._read_args()
+        log.info(
+            "STARTED holdfast %s, device %s, phase %s",
+            __version__,
+            self.identity.guid,
+            self.state.phase.value,
+        )
+        self.feed(Started(configured=self.args is not None))
+
+    def _sleep_seconds(self) -> float:
+        now = self.clock()
+        if self.state.phase == Phase.UNCONFIGURED:
+            return UNCONFIGURED_POLL_SECONDS
+        if self.state.next_attempt_at is None:
+            return MAX_SLEEP_SECONDS
+        return min(MAX_SLEEP_SECONDS, max(0.0, (self.state.next_attempt_at - now).total_seconds()))
+
+    def _unconfigured_poll(self) -> None:
+        if self.state.phase == Phase.UNCONFIGURED:
+            self.args = self._read_args()
+            if self.args is not None:
+                self.feed(Configured())
+
+    # Events in, actions out
+
+    def env(self) -> Env:
+        settings = self.policy.settings if self.policy else self.state.facts.get("settings")
+        guid = self.identity.guid if self.identity else ""
+        return Env(self.config.timings(settings), self.rng.random(), device_phase(guid))
+
+    def feed(self, event: Event) -> None:
+        queue: list[Event] = [event]
+        while queue:
+            current = queue.pop(0)
+            before = self.state
+            self.state, actions = step(self.state, current, self.clock(), self.env())
+            if self.state != before:
+                save_state(self.paths.state_file, self.state)
+                self._log_transition(before, self.state, current)
+            for action in actions:
+                outcome = self._perform(action)
+                if outcome is not None:
+                    queue.append(outcome)
+
+    def _log_transition(self, before: State, after: State, event: Event) -> None:
+        logs.phase_filter.phase = after.phase.value
+        if before.phase != after.phase:
+            log.info(
+                "phase %s -> %s (%s)%s",
+                before.phase.value,
+                after.phase.value,
+                type(event).__name__,
+                f"; next attempt at {_when(after.next_attempt_at)}"
+                if after.next_attempt_at
+                else "",
+            )
+        if isinstance(event, Failed):
+            level = logging.WARNING if after.attempts <= 3 else logging.ERROR
+            log.log(
+                level,
+                "attempt failed: %s (code=%s, attempts=%d); next attempt at %s",
+                event.message,
+                event.code,
+                after.attempts,
+                _when(after.next_attempt_at),
+            )
+
+    def _perform(self, action: Action) -> Event | None:
+        try:
+            if isinstance(action, FetchPolicy):
+                return self._fetch_device_policy() if action.as_device else self._fetch_policy()
+            if isinstance(action, RunDetection):
+                return self._detect()
+            if isinstance(action, Register):
+                return self._register(action)
+            if isinstance(action, StartBackups):
+                log.info(
+                    "registered to %s: backups are handed to the backup engine, which this "
+                    "release does not include yet; no backup has run",
+                    self.state.username,
+                )
+                return None
+        except ContactError as exc:
+            return Failed(
+                exc.code,
+                exc.message,
+                permanent=isinstance(exc, PermanentError),
+                retry_after=getattr(exc, "retry_after", None),
+            )
+        except (AgentError, OSError) as exc:
+            return Failed("local_error", str(exc))
+        raise TypeError(f"unknown action {action!r}")
+
+    # Actions
+
+    def _read_args(self) -> DeployArgs | None:
+        path = self.paths.deploy_properties
+        if not path.exists():
+            return None
+        try:
+            args = read_properties_file(path)
+        except UsageError as exc:
+            log.error("installer arguments in %s are not usable: %s", path, exc.message)
+            return None
+        logs.redactor.add(args.token)
+        if self.args is None or args.token_tag() != self.args.token_tag():
+            for warning in args.warnings:
+                log.warning("%s", warning)
+        return args
+
+    def _client(self) -> AuthorityClient:
+        assert self.args is not None
+        pins = list(self.args.ssl_whitelist)
+        if pins:
+            # Fingerprints the authority delivered (a staged next certificate) join the
+            # installer's pins, so a certificate change never strands the fleet.
+            pins += [p for p in self.state.facts.get("pins", []) if p not in pins]
+        return AuthorityClient(
+            self.args.deployment_url,
+            pins=pins,
+            proxy=self.args.proxy_url
+            if self.args.proxy_url and not self.args.proxy_url.endswith(".pac")
+            else None,
+            timeout=self.config.request_timeout,
+        )
+
+    def _report(self) -> dict[str, Any]:
+        assert self.identity is not None
+        return {
+            "os": this_os(),
+            "device_guid": self.identity.guid,
+            "device_name": socket.gethostname()[:255],
+            "agent_version": __version__,
+            "phase": self.state.phase.value if self.state.phase != Phase.STOPPED else "stopped",
+            "last_error": self.state.last_error,
+        }
+
+    def _remember_policy(self, document: dict[str, Any]) -> Policy:
+        policy = Policy.from_document(document)
+        self.policy = policy
+        facts = {**self.state.facts, "settings": dict(policy.settings), "pins": list(policy.pins)}
+        self.state = replace(self.state, facts=facts)
+        return policy
+
+    def _fetch_policy(self) -> Event:
+        # Re-read deploy.properties on every attempt: an administrator may push a corrected
+        # file or a new token without reinstalling.
+        self.args = self._read_args() or self.args
+        if self.args is None:
+            return Failed(
+                "unconfigured", f"no installer arguments in {self.paths.deploy_properties}"
+            )
+        log.info(
+            "Retrieving deployment policy from %s (token %s)",
+            self.args.deployment_url,
+            self.args.token_tag(),
+        )
+        with self._client() as client:
+            policy = self._remember_policy(client.fetch_policy(self.args.token, self._report()))
+        log.info("policy found: organization %r, %s registration", policy.org, policy.registration)
+        return PolicyFound(policy.org, policy.registration)
+
+    def _fetch_device_policy(self) -> Event:
+        credential = load_credential(self.paths.credential)
+        if credential is None or self.args is None:
+            return CredentialRejected("the device credential is missing; registering again")
+        logs.redactor.add(credential)
+        try:
+            with self._client() as client:
+                policy = self._remember_policy(client.device_policy(credential, self._report()))
+        except PermanentError as exc:
+            if exc.code in ("credential_invalid", "credential_missing"):
+                return CredentialRejected(exc.message)
+            raise
+        return CheckedIn(policy.org)
+
+    def _detect(self) -> Event:
+        if self.policy is None or self.policy.detection is None:
+            return Failed(
+                "no_detection_script",
+                f"the policy has no detection script for {this_os()}; an administrator "
+                "must add one (policy create --script)",
+            )
+        timeout = self.config.setting("detection_timeout_seconds", self.policy.settings)
+        try:
+            result = detect(DetectionScript.from_policy(self.policy.detection), timeout_s=timeout)
+        except DetectionError as exc:
+            return Failed(exc.code, f"user detection failed: {exc.message}")
+        if result.username is None or result.user_home is None:
+            return Failed(
+                "no_user_detected",
+                "the detection script reported no user yet (nobody logged in?)",
+            )
+        log.info(
+            "detected user %r, home %s (script exit %d, %.1fs)",
+            result.username,
+            result.user_home,
+            result.run.exit_code,
+            result.run.duration_s,
+        )
+        return UserDetected(result.username, result.user_home)
+
+    def _register(self, action: Register) -> Event:
+        assert self.args is not None and self.identity is not None
+        log.info("registering device %s as %r", self.identity.guid, action.username)
+        try:
+            with self._client() as client:
+                result = register(
+                    client,
+                    token=self.args.token,
+                    identity=self.identity,
+                    report=self._report(),
+                    username=action.username,
+                    user_home=action.user_home,
+                    credential_path=self.paths.credential,
+                )
+        except PermanentError as exc:
+            if exc.code == "device_cloned":
+                self.identity = renew(self.paths.identity, self.identity.hardware_id, self.clock())
+                log.warning(
+                    "the authority knows this GUID from other hardware; new identity %s",
+                    self.identity.guid,
+                )
+            raise
+        log.info(
+            "registered device %s to %r in organization %r",
+            result.device_guid,
+            result.username,
+            result.org,
+        )
+        return Registered(result.username, action.user_home, result.registered_at)
+
+
+def read_pid_file(paths: AgentPaths) -> int | None:
+    """The running daemon's pid, or None (no file, or a stale one from a dead process)."""
+    try:
+        body = json.loads(paths.pid_file.read_text("utf-8"))
+        pid, created = int(body["pid"]), float(body["create_time"])
+        process = psutil.Process(pid)
+        if abs(process.create_time() - created) > 1.0:
+            return None  # the pid was reused by another process
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+    return pid if os.getpid() != pid else None
+
+
+__all__ = ["Daemon", "read_pid_file", "utcnow"]

@@ -1,0 +1,102 @@
+"""`holdfast status`: where the agent stands, from the persisted state, daemon running or not."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from agent.daemon import read_pid_file
+from agent.deploy_args import read_properties_file
+from agent.errors import UsageError
+from agent.identity import IDENTITY_VERSION
+from agent.lifecycle import Phase, State
+from agent.paths import AgentPaths
+from agent.state import StateError, load_state, read_json
+
+_WAITING_FOR = {
+    Phase.UNCONFIGURED: "installer arguments (deploy.properties or run --deploy-args)",
+    Phase.AWAITING_POLICY: "the deployment policy from the authority",
+    Phase.AWAITING_REGISTRATION: "user detection and registration",
+    Phase.AWAITING_SIGN_IN: "the user to sign in (holdfast login)",
+    Phase.BACKING_UP: "the next scheduled backup",
+    Phase.STOPPED: "a user to start it again (holdfast start)",
+}
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def collect(paths: AgentPaths) -> dict[str, Any]:
+    """The status object of CONTRACT.md section 5 (never the token)."""
+    problems: list[str] = []
+    try:
+        state = load_state(paths.state_file)
+    except StateError as exc:
+        state, problems = State(), [exc.message]
+    url = None
+    if paths.deploy_properties.exists():
+        try:
+            url = read_properties_file(paths.deploy_properties).deployment_url
+        except UsageError as exc:
+            problems.append(exc.message)
+    guid = None
+    try:
+        identity = read_json(paths.identity, IDENTITY_VERSION)
+        guid = str(identity["guid"]) if identity else None
+    except (StateError, KeyError) as exc:
+        problems.append(str(exc))
+    registered = state.registered_at is not None and state.phase in (
+        Phase.BACKING_UP,
+        Phase.STOPPED,
+    )
+    return {
+        "phase": state.phase.value,
+        "daemon_running": read_pid_file(paths) is not None,
+        "since": _iso(state.since),
+        "next_attempt_at": _iso(state.next_attempt_at),
+        "attempts": state.attempts,
+        "last_error": state.last_error,
+        "last_error_code": state.last_error_code,
+        "waiting_for": _WAITING_FOR[state.phase],
+        "deployment_url": url,
+        "org": state.org,
+        "username": state.username,
+        "user_home": state.user_home,
+        "device_guid": guid,
+        "registered": registered,
+        "registered_at": state.registered_at,
+        "stopped_by": state.stopped_by,
+        "resume_phase": state.resume_phase.value if state.resume_phase else None,
+        "last_backup": None,
+        "problems": problems,
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    def local(iso: str | None) -> str:
+        if not iso:
+            return "-"
+        return dt.datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+    lines = [
+        f"Phase:          {status['phase']} since {local(status['since'])}"
+        + ("" if status["daemon_running"] else "  (the agent is not running)"),
+        f"Waiting for:    {status['waiting_for']}",
+        f"Next attempt:   {local(status['next_attempt_at'])}",
+        f"Failed attempts in this phase: {status['attempts']}",
+        f"Last error:     {status['last_error'] or '-'}",
+        f"Authority:      {status['deployment_url'] or '-'}",
+        f"Organization:   {status['org'] or '-'}",
+        f"User:           {status['username'] or '-'} ({status['user_home'] or 'home unknown'})",
+        f"Device:         {status['device_guid'] or '-'}"
+        + (f", registered {local(status['registered_at'])}" if status["registered"] else ""),
+        "Last backup:    none yet" if status["last_backup"] is None else "",
+    ]
+    if status["stopped_by"]:
+        lines.append(f"Stopped by:     {status['stopped_by']}")
+    lines += [f"Problem:        {p}" for p in status["problems"]]
+    return "\n".join(line for line in lines if line)
+
+
+__all__ = ["collect", "render"]
