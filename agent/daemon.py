@@ -134,6 +134,7 @@ class Daemon:
             log.warning("made a new device identity %s: %s", self.identity.guid, reason)
         elif reason == "first start":
             log.info("made the device identity %s", self.identity.guid)
+        logs.phase_filter.phase = self.state.phase.value
         self.args = self._read_args()
         log.info(
             "STARTED holdfast %s, device %s, phase %s",
