@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from agent.errors import AgentError
+from agent.errors import DetectionError
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _PIPE_GRACE_S = 0.5
 _POLL_S = 0.05
 _STDERR_LINE_CHARS = 200
-
-
-class DetectionError(AgentError):
-    """User detection failed; `code` says how, the message says it to support staff."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

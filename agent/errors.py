@@ -5,6 +5,7 @@
     │   └── DeployArgsError        exit 2   names the installer argument (`key`) that was wrong
     ├── DaemonUnavailable          exit 3   the command needs the daemon and it is not running
     ├── Refused                    exit 4   not permitted
+    ├── DetectionError                      the detection script could not tell the user
     └── ContactError                        the authority could not be used this time
         ├── TransientError                  try again later: network, timeout, 5xx, 429, busy
         └── PermanentError                  the authority said no: token unknown, deactivated...
@@ -47,6 +48,14 @@ class Refused(AgentError):
     exit_code = 4
 
 
+class DetectionError(AgentError):
+    """User detection failed; `code` says how, the message says it to support staff."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ContactError(AgentError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -68,6 +77,7 @@ __all__ = [
     "ContactError",
     "DaemonUnavailable",
     "DeployArgsError",
+    "DetectionError",
     "PermanentError",
     "Refused",
     "TransientError",

@@ -1,8 +1,9 @@
-"""`make demo`: the deployment flow on an embedded default, as an administrator runs it.
+"""`make demo`: the whole deployment flow on an embedded default, as an administrator runs it.
 
-Each step runs the real command (shown with a `$`), against a fresh data folder and a
-free loopback port, then the real server over HTTPS is checked the way agents will check
-it. `--serve` leaves the server running for exploration until Ctrl-C.
+Each step runs the real command (shown with a `$`) against a fresh temporary folder and a
+free loopback port: the authority over HTTPS with a self-signed certificate, then the real
+agent with the policy's installer arguments, until it is registered. `--serve` leaves both
+running for exploration until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +24,21 @@ import httpx
 
 from agent.pinning import pinned_context
 
-ROOT = Path(__file__).resolve().parent.parent
-LINUX_SCRIPT = ROOT / "detection_scripts" / "linux" / "detect_console_user.sh"
+DEMO_USER = "demo.user@example.com"
 
 
 def step(title: str) -> None:
     print(f"\n== {title}")
 
 
-def run(*args: str, quiet: bool = False) -> str:
-    print("$ holdfast-authority " + " ".join(shlex.quote(a) for a in args))
+def show(command: str, *args: str) -> None:
+    print(f"$ {command} " + " ".join(shlex.quote(a) for a in args))
+
+
+def run(module: str, *args: str, quiet: bool = False) -> str:
+    show("holdfast-authority" if module == "authority" else "holdfast", *args)
     result = subprocess.run(
-        [sys.executable, "-m", "authority", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         sys.exit(f"demo failed: the command exited {result.returncode}: {result.stderr.strip()}")
@@ -64,122 +67,122 @@ def wait_until_serving(url: str, pin: str, server: subprocess.Popen[bytes]) -> N
     sys.exit("demo failed: the server did not answer within 30 s")
 
 
-def check_like_an_agent(url: str, pin: str, token: str) -> None:
-    step("An agent's first contact, over TLS pinned by SSL_WHITELIST")
-    try:
-        httpx.get(f"{url}/api/v1/health", verify=pinned_context(["00" * 20]), timeout=5)
-        sys.exit("demo failed: a wrong pin was accepted")
-    except httpx.ConnectError as exc:
-        reason = exc.args[0] if exc.args else exc
-        print(f"  with a wrong pin the handshake is refused before any request is sent:\n    {reason}")
-    guid = str(uuid.uuid4())
-    with httpx.Client(base_url=url, verify=pinned_context([pin]), timeout=10) as client:
-        policy = client.post(
-            "/api/v1/deploy/policy",
-            headers={"X-Deployment-Token": token},
-            json={
-                "os": "linux",
-                "device_guid": guid,
-                "device_name": "demo-laptop",
-                "phase": "awaiting_registration",
-            },
-        ).json()
-        detection = policy["detection"]
-        print(
-            f"  policy found: organization {policy['org']['name']!r}, "
-            f"{policy['registration']} registration, detection script {detection['filename']} "
-            f"(sha256 {detection['sha256'][:16]}...), retry every "
-            f"{policy['settings']['policy_retry_seconds']} s until found"
-        )
-        registered = client.post(
-            "/api/v1/deploy/register",
-            headers={"X-Deployment-Token": token},
-            json={
-                "os": "linux",
-                "device_guid": guid,
-                "device_name": "demo-laptop",
-                "username": "jdoe@example.com",
-                "user_home": "/home/jdoe",
-            },
-        ).json()
-        print(
-            f"  registered device {registered['device_guid']} to {registered['username']} "
-            "(it authenticates with its own credential from now on)"
-        )
-        wrong = client.post(
-            "/api/v1/deploy/policy",
-            headers={"X-Deployment-Token": str(uuid.uuid4())},
-            json={"os": "linux"},
-        )
-        print(
-            f"  an unknown token is answered {wrong.status_code} {wrong.json()['error']['code']}: "
-            f"{wrong.json()['error']['message']}"
-        )
+def make_demo_user(root: Path) -> tuple[Path, Path]:
+    """A sample home folder, and a detection script that reports it (as a real one would)."""
+    home = root / "home" / "demo"
+    (home / "Documents").mkdir(parents=True)
+    (home / "Documents" / "report.txt").write_text("Quarterly report\n")
+    (home / ".cache").mkdir()
+    script = root / "detect_demo_user.sh"
+    script.write_text(
+        "# Demo detection: reports the demo user (real scripts ask loginctl, scutil, ...).\n"
+        f"echo AGENT_USERNAME={DEMO_USER}\n"
+        f"echo AGENT_USER_HOME={home}\n"
+    )
+    return home, script
 
 
-def main() -> int:
+def wait_for_phase(agent_home: Path, phase: str, agent: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if agent.poll() is not None:
+            sys.exit(f"demo failed: the agent exited ({agent.returncode})")
+        status = subprocess.run(
+            [sys.executable, "-m", "agent", "status", "--json", "--home", str(agent_home)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if status.returncode == 0 and json.loads(status.stdout)["phase"] == phase:
+            return
+        time.sleep(0.3)
+    sys.exit(f"demo failed: the agent did not reach {phase} within 60 s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main() -> int:  # noqa: PLR0915  # a script that tells a story, one step after another
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--serve", action="store_true", help="keep the server running until Ctrl-C")
-    args = parser.parse_args()
+    parser.add_argument("--serve", action="store_true", help="keep running until Ctrl-C")
+    options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="holdfast-demo-") as tmp:
-        data = Path(tmp) / "authority"
+        root = Path(tmp)
+        data, agent_home = root / "authority", root / "agent"
         port = free_port()
         d = ["--data", str(data)]
+        _home, script = make_demo_user(root)
+
         step("An administrator sets up the authority (SQLite, self-signed certificate)")
-        run("init", *d, "--host", "127.0.0.1", "--port", str(port))
-        step("...creates an organization and its deployment policy")
-        run("org", "create", "Demo", "--auth", "local", *d)
-        run("policy", "create", "--org", "Demo", "--script", f"linux={LINUX_SCRIPT}", *d)
+        run("authority", "init", *d, "--host", "127.0.0.1", "--port", str(port))
+        step("...creates an organization (local authentication) and its silent policy")
+        run("authority", "org", "create", "Demo", "--auth", "local", *d)
+        run("authority", "policy", "create", "--org", "Demo", "--script", f"linux={script}", *d)
         view: dict[str, Any] = json.loads(
-            run("policy", "show", "--org", "Demo", "--json", *d, quiet=True)
+            run("authority", "policy", "show", "--org", "Demo", "--json", *d, quiet=True)
         )
-        args_text = view["install_args"]
+        install = view["install_args"]
         print("  installer arguments, ready to paste:")
-        print(f"    CP_ARGS:  {args_text['cp_args']}")
-        print(f"    msiexec:  {args_text['msiexec']}")
-        print(f"    Linux:    {args_text['linux']}")
+        print(f"    msiexec:  {install['msiexec']}")
+        print(f"    Linux:    {install['linux']}")
         print("    deploy.properties (Jamf, Munki):")
-        print("      " + args_text["deploy_properties"].rstrip().replace("\n", "\n      "))
+        print("      " + install["deploy_properties"].rstrip().replace("\n", "\n      "))
 
         step("...and starts the server (HTTPS only)")
-        print(f"$ holdfast-authority serve --data {data} --host 127.0.0.1 --port {port}")
-        url = view["deployment_url"]
-        pin = view["tls_pins"][0]["sha1"]
+        url, pin = view["deployment_url"], view["tls_pins"][0]["sha1"]
+        serve_args = ["serve", *d, "--host", "127.0.0.1", "--port", str(port)]
+        show("holdfast-authority", *serve_args)
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "authority",
-                "serve",
-                *d,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            [sys.executable, "-m", "authority", *serve_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        agent: subprocess.Popen[bytes] | None = None
         try:
             wait_until_serving(url, pin, server)
-            print(f"  serving {url}; its certificate's SHA-1 {pin} is the policy's SSL_WHITELIST")
-            check_like_an_agent(url, pin, view["token"])
+            print(f"  serving {url}; its certificate's SHA-1 {pin} is the SSL_WHITELIST")
+
+            step("The MDM tool installs the agent with the policy's arguments")
+            agent_args = ["run", "--home", str(agent_home), "--deploy-args", install["cp_args"]]
+            show("holdfast", *agent_args)
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "agent", *agent_args],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_for_phase(agent_home, "backing_up", agent)
+            print("  the agent saved its arguments, re-executed itself without them (the token")
+            print("  is not in the process list), found the policy, ran the detection script,")
+            print("  and registered silently:")
+            run("agent", "status", "--home", str(agent_home))
+            print("  from its log:")
+            for line in (agent_home / "log" / "agent.log").read_text().splitlines():
+                print(f"    {line}")
+
             step("What the administrator sees")
-            run("device", "list", *d)
-            run("user", "list", *d)
-            if args.serve:
+            run("authority", "device", "list", *d)
+            run("authority", "user", "list", *d)
+            if options.serve:
                 print(
-                    f"\nThe authority keeps running at {url} (data folder {data}). "
-                    f"Try: holdfast-authority device list --data {data}\nCtrl-C stops it."
+                    f"\nThe authority ({url}, data {data}) and the agent (home {agent_home}) keep "
+                    "running.\nTry: holdfast status --home {agent_home}\nCtrl-C stops both."
                 )
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
         except KeyboardInterrupt:
             pass
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=20)
-        step("Stopped the server. The demo is complete.")
+            if agent is not None:
+                stop(agent)
+            stop(server)
+        step("Stopped the agent and the server. The demo is complete.")
     return 0
 
 
