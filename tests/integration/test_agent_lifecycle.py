@@ -255,3 +255,26 @@ def test_bad_installer_arguments_exit_2_naming_the_key_and_persist_nothing(agent
     assert "DEPLOYMENT_URL" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (agent.home / "conf" / "deploy.properties").exists()
+
+
+def test_a_certificate_rollover_reaches_registered_agents_before_the_switch(
+    authority: Authority, agent: Agent, token: str
+) -> None:
+    agent.start("--deploy-args", cp_args(authority))
+    agent.wait_phase("backing_up")
+    admin(authority.data, "tls", "renew")
+    next_pin = authority.pins()[1]
+    state_file = agent.home / "state" / "state.json"
+    agent.wait_for(
+        lambda s: next_pin in state_file.read_text(), what="the staged certificate's pin"
+    )
+    admin(authority.data, "tls", "activate")
+    activated_at = dt.datetime.now(dt.UTC)
+
+    def checked_in_after_switch(status: dict[str, object]) -> bool:
+        [device] = devices(authority)
+        seen = dt.datetime.fromisoformat(str(device["last_seen_at"]))
+        return seen > activated_at + dt.timedelta(seconds=3) and not status["last_error"]
+
+    agent.wait_for(checked_in_after_switch, timeout=40, what="a check-in over the new certificate")
+    assert "tls_pin_mismatch" not in agent.log()
