@@ -78,6 +78,16 @@ def _run(args: argparse.Namespace, paths: AgentPaths, argv: Sequence[str]) -> in
         )
         paths.ensure()
         save(given, paths.deploy_properties)
+        if given.warnings:
+            # Only the known keys are saved, so say what was left out now, where support
+            # staff will look, before the arguments are gone from the command line.
+            from agent import logs
+
+            logger = logs.setup(paths.agent_log)
+            for warning in given.warnings:
+                logger.warning("installer arguments: %s", warning)
+                print(f"holdfast: warning: {warning}", file=sys.stderr)
+            logs.close()
         _reexec_without_args(argv)
     from agent.daemon import Daemon
 

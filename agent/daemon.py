@@ -255,9 +255,7 @@ class Daemon:
         return AuthorityClient(
             self.args.deployment_url,
             pins=pins,
-            proxy=self.args.proxy_url
-            if self.args.proxy_url and not self.args.proxy_url.endswith(".pac")
-            else None,
+            proxy=self.args.connection_proxy,
             timeout=self.config.request_timeout,
         )
 
@@ -275,7 +273,12 @@ class Daemon:
     def _remember_policy(self, document: dict[str, Any]) -> Policy:
         policy = Policy.from_document(document)
         self.policy = policy
-        facts = {**self.state.facts, "settings": dict(policy.settings), "pins": list(policy.pins)}
+        facts = {
+            **self.state.facts,
+            "settings": dict(policy.settings),
+            "pins": list(policy.pins),
+            "deployment_url": self.args.deployment_url if self.args else None,
+        }
         self.state = replace(self.state, facts=facts)
         return policy
 
@@ -300,6 +303,7 @@ class Daemon:
     def _fetch_device_policy(self) -> Event:
         credential = load_credential(self.paths.credential)
         if credential is None or self.args is None:
+            log.warning("the device credential is missing from %s", self.paths.credential)
             return CredentialRejected("the device credential is missing; registering again")
         logs.redactor.add(credential)
         try:
@@ -307,6 +311,7 @@ class Daemon:
                 policy = self._remember_policy(client.device_policy(credential, self._report()))
         except PermanentError as exc:
             if exc.code in ("credential_invalid", "credential_missing"):
+                log.warning("the authority refused the device credential: %s", exc.message)
                 return CredentialRejected(exc.message)
             raise
         return CheckedIn(policy.org)

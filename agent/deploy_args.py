@@ -64,6 +64,15 @@ class DeployArgs:
     # same way compare equal, so "did the deployment change?" is a plain ==.
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
+    @property
+    def connection_proxy(self) -> str | None:
+        """The proxy to connect through: none for a PAC file, which is not evaluated yet."""
+        if self.proxy_url is None:
+            return None
+        # An accepted proxy is reduced to scheme://host:port; only a PAC URL keeps a path.
+        after_scheme = self.proxy_url.partition("://")[2]
+        return None if "/" in after_scheme else self.proxy_url
+
     def token_tag(self) -> str:
         """Tells tokens apart in logs and status output without revealing them."""
         return hashlib.sha256(self.token.encode()).hexdigest()[:8]

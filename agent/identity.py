@@ -88,6 +88,7 @@ def load_or_create(path: Path, hardware: str, now: dt.datetime) -> tuple[Identit
         path,
         IDENTITY_VERSION,
         {"guid": identity.guid, "hardware_id": hardware, "created_at": identity.created_at},
+        mode=0o644,
     )
     return identity, reason
 
@@ -99,6 +100,7 @@ def renew(path: Path, hardware: str, now: dt.datetime) -> Identity:
         path,
         IDENTITY_VERSION,
         {"guid": identity.guid, "hardware_id": hardware, "created_at": identity.created_at},
+        mode=0o644,
     )
     return identity
 

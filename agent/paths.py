@@ -79,10 +79,14 @@ class AgentPaths:
         return self.run / "holdfast.pid"
 
     def ensure(self) -> None:
-        """Create the folders; state and conf are private to the service account."""
+        """Create the folders; conf (it holds the token) is private to the service account.
+
+        state/ is readable so that `holdfast status` works for every user; its one secret,
+        the device credential, is a 0600 file.
+        """
         for folder, mode in (
             (self.conf, 0o700),
-            (self.state, 0o700),
+            (self.state, 0o755),
             (self.log, 0o755),
             (self.run, 0o755),
         ):

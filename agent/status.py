@@ -17,9 +17,9 @@ _WAITING_FOR = {
     Phase.UNCONFIGURED: "installer arguments (deploy.properties or run --deploy-args)",
     Phase.AWAITING_POLICY: "the deployment policy from the authority",
     Phase.AWAITING_REGISTRATION: "user detection and registration",
-    Phase.AWAITING_SIGN_IN: "the user to sign in (holdfast login)",
+    Phase.AWAITING_SIGN_IN: "the user to sign in (manual registration policy)",
     Phase.BACKING_UP: "the next scheduled backup",
-    Phase.STOPPED: "a user to start it again (holdfast start)",
+    Phase.STOPPED: "a user to start it again",
 }
 
 
@@ -34,12 +34,16 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
         state = load_state(paths.state_file)
     except StateError as exc:
         state, problems = State(), [exc.message]
-    url = None
-    if paths.deploy_properties.exists():
-        try:
+    except PermissionError as exc:
+        state, problems = State(), [f"cannot read the agent's state: {exc.strerror}"]
+    url = state.facts.get("deployment_url")
+    try:
+        if paths.deploy_properties.exists():
             url = read_properties_file(paths.deploy_properties).deployment_url
-        except UsageError as exc:
-            problems.append(exc.message)
+    except UsageError as exc:
+        problems.append(exc.message)
+    except PermissionError:
+        pass  # conf/ is the service account's: the URL the daemon last used is in the state
     guid = None
     try:
         identity = read_json(paths.identity, IDENTITY_VERSION)

@@ -86,7 +86,9 @@ class AuthorityClient:
         timeout: float = 30.0,
     ) -> None:
         pin_list = list(pins)
-        verify: ssl.SSLContext | bool = pinned_context(pin_list) if pin_list else True
+        # Without pins: the operating system's trust store (where an organization installs
+        # its internal CA), not a bundle shipped with a library.
+        verify = pinned_context(pin_list) if pin_list else ssl.create_default_context()
         self.url = url
         self._client = httpx.Client(
             base_url=url,

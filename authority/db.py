@@ -155,7 +155,7 @@ class Device(Base):
     agent_version: Mapped[str] = mapped_column(String(64), default="")
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
-    user_home: Mapped[str | None] = mapped_column(String(1024), default=None)
+    user_home: Mapped[str | None] = mapped_column(String(4096), default=None)
     # A digest of the machine's identity (machine-id, hardware serial) the agent sends, so a
     # GUID copied onto other hardware (a cloned golden image) is told apart from a retry.
     hardware_id: Mapped[str | None] = mapped_column(String(128), default=None)

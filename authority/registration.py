@@ -86,8 +86,8 @@ def check_report(report: DeviceReport) -> DeviceReport:
 
 
 def _check_home(home: str) -> str:
-    if not home or len(home) > 1024 or "\0" in home:
-        raise InvalidInput("user_home must be an absolute path of at most 1024 characters")
+    if not home or len(home) > 4096 or "\0" in home:
+        raise InvalidInput("user_home must be an absolute path of at most 4096 characters")
     if not (home.startswith("/") or _WINDOWS_ABS.match(home)):
         raise InvalidInput(f"user_home {home!r} is not an absolute path")
     return home

@@ -173,7 +173,7 @@ def main() -> int:  # noqa: PLR0915  # a script that tells a story, one step aft
             if options.serve:
                 print(
                     f"\nThe authority ({url}, data {data}) and the agent (home {agent_home}) keep "
-                    "running.\nTry: holdfast status --home {agent_home}\nCtrl-C stops both."
+                    f"running.\nTry: holdfast status --home {agent_home}\nCtrl-C stops both."
                 )
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
         except KeyboardInterrupt:

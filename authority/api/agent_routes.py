@@ -76,7 +76,7 @@ class RegisterRequest(AgentReport):
     device_guid: str  # required here
     os: OsName
     username: str = Field(..., min_length=1, max_length=256)
-    user_home: str = Field(..., min_length=1, max_length=1024)
+    user_home: str = Field(..., min_length=1, max_length=4096)
     hardware_id: str | None = Field(
         None,
         max_length=128,

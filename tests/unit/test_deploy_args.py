@@ -478,3 +478,20 @@ def test_a_refusal_from_a_file_names_the_key_and_the_file(tmp_path: Path) -> Non
     assert caught.value.key == "DEPLOYMENT_URL"
     assert str(path) in str(caught.value)
     assert TOKEN not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("proxy", "connects_through"),
+    [
+        ("http://proxy.example.com:3128", "http://proxy.example.com:3128"),
+        ("http://proxy.example.com:8080/proxy.pac", None),
+        ("https://wpad.example.com/wpad.dat", None),
+        ("http://proxy.example.com:8080/proxy.pac?site=2", None),
+    ],
+)
+def test_a_pac_file_is_not_used_as_a_proxy(proxy: str, connects_through: str | None) -> None:
+    args = parse_cp_args(
+        "DEPLOYMENT_URL=https://h:4285&DEPLOYMENT_POLICY_TOKEN=0fb12341-246b-448d-b07f-c6573ad5ad02"
+        f"&PROXY_URL={proxy}"
+    )
+    assert args.connection_proxy == connects_through
