@@ -41,7 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", parents=[home], help="where the agent stands")
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    sub.add_parser("stop", parents=[home], help="stop backups until `holdfast start`")
+    sub.add_parser("start", parents=[home], help="resume where the agent was stopped")
     return parser
+
+
+def _control(command: str, paths: AgentPaths) -> int:
+    from agent.control import call
+
+    result = call(paths.run, command)
+    if command == "stop":
+        print(f"Stopped ({result.get('stopped_by')}); nothing runs until `holdfast start`.")
+    else:
+        print(f"Started; the agent is in phase {result.get('phase')}.")
+    return 0
 
 
 def _reexec_without_args(argv: Sequence[str]) -> None:
@@ -101,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = AgentPaths.resolve(args.home)
         if args.command == "run":
             return _run(args, paths, words)
+        if args.command in ("stop", "start"):
+            return _control(args.command, paths)
         from agent.status import collect, render
 
         report = collect(paths)

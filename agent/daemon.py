@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
+import queue
 import random
 import signal
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -25,9 +25,10 @@ import psutil
 from agent import __version__, logs
 from agent.config import AgentConfig
 from agent.config import load as load_config
+from agent.control import ControlServer, Peer, authorize
 from agent.deploy_args import DeployArgs, read_properties_file
 from agent.detection import DetectionError, DetectionScript, detect
-from agent.errors import AgentError, ContactError, PermanentError, UsageError
+from agent.errors import AgentError, ContactError, PermanentError, Refused, UsageError
 from agent.identity import Identity, hardware_id, load_or_create, renew
 from agent.lifecycle import (
     Action,
@@ -45,7 +46,9 @@ from agent.lifecycle import (
     RunDetection,
     StartBackups,
     Started,
+    StartRequested,
     State,
+    StopRequested,
     Tick,
     UserDetected,
     device_phase,
@@ -55,12 +58,27 @@ from agent.paths import AgentPaths
 from agent.policy import Policy, this_os
 from agent.registration import load_credential, register
 from agent.state import load_state, save_state, write_atomic
+from agent.status import collect, read_pid_file
 from agent.transport import AuthorityClient
 
 log = logging.getLogger(logs.LOGGER)
 Clock = Callable[[], dt.datetime]
 UNCONFIGURED_POLL_SECONDS = 60.0
 MAX_SLEEP_SECONDS = 3600.0
+
+
+CONTROL_ANSWER_SECONDS = 20.0
+
+
+@dataclass
+class ControlRequest:
+    """A command from the control channel, waiting for the loop to carry it out."""
+
+    command: str
+    peer: Peer
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
 
 def utcnow() -> dt.datetime:
@@ -87,6 +105,7 @@ class Daemon:
         self.args: DeployArgs | None = None
         self.policy: Policy | None = None
         self.identity: Identity | None = None
+        self.requests: queue.Queue[ControlRequest] = queue.Queue()
 
     # Signals and the loop
 
@@ -101,16 +120,22 @@ class Daemon:
         self._claim_pid_file()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        control = ControlServer(self.paths.run, self._on_control)
         try:
             self._start()
+            control.start()
             while not self.stopping:
+                self._serve_requests()
                 self._unconfigured_poll()
                 self.feed(Tick())
-                self.wake.wait(self._sleep_seconds())
+                if self.requests.empty():
+                    self.wake.wait(self._sleep_seconds())
                 self.wake.clear()
             log.info("stopping on request; state saved (phase %s)", self.state.phase.value)
             return 0
         finally:
+            control.close()
+            self._refuse_waiting_requests()
             self.paths.pid_file.unlink(missing_ok=True)
             logs.close()
 
@@ -157,6 +182,57 @@ class Daemon:
             self.args = self._read_args()
             if self.args is not None:
                 self.feed(Configured())
+
+    # The control channel: its threads hand requests to this loop, the only one that acts.
+
+    def _on_control(self, command: str, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Runs on a control thread: decide who may, then let the loop do it."""
+        if command == "status":
+            return collect(self.paths)
+        settings = self.policy.settings if self.policy else self.state.facts.get("settings") or {}
+        decision = authorize(
+            command,
+            peer,
+            registered_user_home=self.state.user_home if self.state.registered_at else None,
+            registered_username=self.state.username if self.state.registered_at else None,
+            console_users=(u.name for u in psutil.users()),
+            allow_user_stop=bool(settings.get("allow_user_stop", True)),
+        )
+        if not decision.allowed:
+            log.warning("refused %s from %s: %s", command, peer.describe(), decision.reason)
+            raise Refused(f"{command} refused: {decision.reason}")
+        request = ControlRequest(command, peer)
+        self.requests.put(request)
+        self.wake.set()
+        if not request.done.wait(CONTROL_ANSWER_SECONDS):
+            raise AgentError(f"the agent did not carry out {command} in time")
+        if request.error is not None:
+            raise AgentError(request.error)
+        return request.result
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                request = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            by = f"{request.peer.name} at {_when(self.clock())}"
+            if request.command == "stop":
+                log.info("stop requested by %s", request.peer.describe())
+                self.feed(StopRequested(by))
+            elif request.command == "start":
+                log.info("start requested by %s", request.peer.describe())
+                self.feed(StartRequested(by))
+            else:
+                request.error = f"{request.command} is not available in this release of the agent"
+            request.result = {"phase": self.state.phase.value, "stopped_by": self.state.stopped_by}
+            request.done.set()
+
+    def _refuse_waiting_requests(self) -> None:
+        while not self.requests.empty():
+            request = self.requests.get_nowait()
+            request.error = "the agent is shutting down"
+            request.done.set()
 
     # Events in, actions out
 
@@ -373,17 +449,4 @@ class Daemon:
         return Registered(result.username, action.user_home, result.registered_at)
 
 
-def read_pid_file(paths: AgentPaths) -> int | None:
-    """The running daemon's pid, or None (no file, or a stale one from a dead process)."""
-    try:
-        body = json.loads(paths.pid_file.read_text("utf-8"))
-        pid, created = int(body["pid"]), float(body["create_time"])
-        process = psutil.Process(pid)
-        if abs(process.create_time() - created) > 1.0:
-            return None  # the pid was reused by another process
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
-        return None
-    return pid if os.getpid() != pid else None
-
-
-__all__ = ["Daemon", "read_pid_file", "utcnow"]
+__all__ = ["Daemon", "utcnow"]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from typing import Any
 
-from agent.daemon import read_pid_file
+import psutil
+
 from agent.deploy_args import read_properties_file
 from agent.errors import UsageError
 from agent.identity import IDENTITY_VERSION
@@ -21,6 +24,19 @@ _WAITING_FOR = {
     Phase.BACKING_UP: "the next scheduled backup",
     Phase.STOPPED: "a user to start it again",
 }
+
+
+def read_pid_file(paths: AgentPaths) -> int | None:
+    """The running daemon's pid, or None (no file, or a stale one from a dead process)."""
+    try:
+        body = json.loads(paths.pid_file.read_text("utf-8"))
+        pid, created = int(body["pid"]), float(body["create_time"])
+        process = psutil.Process(pid)
+        if abs(process.create_time() - created) > 1.0:
+            return None  # the pid was reused by another process
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return None
+    return pid if os.getpid() != pid else None
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
@@ -103,4 +119,4 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(line for line in lines if line)
 
 
-__all__ = ["collect", "render"]
+__all__ = ["collect", "read_pid_file", "render"]

@@ -1,0 +1,287 @@
+"""The local control channel: how `holdfast stop/start/status` and the tray talk to the daemon.
+
+A Unix domain socket `run/control.sock` (mode 0666 in a 0755 folder: every local user can
+connect, and what they may do is decided here, on the daemon's side, from the peer's
+identity as the kernel reports it: SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS). Nothing
+on the network can reach it.
+
+Protocol: one request per connection, one JSON object on one line (at most 64 KiB):
+    {"command": "status" | "stop" | "start" | "backup-now" | "sign-in", "args": {...}}
+answered by one line:
+    {"ok": true, "result": {...}}  or  {"ok": false, "code": "...", "message": "..."}
+
+Garbage, oversized or half-sent requests and floods of connections get an error or a
+closed connection, never a stuck or crashed daemon: each connection has a deadline, and
+at most MAX_CLIENTS are served at once (more are closed at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pwd
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import logs
+from agent.errors import AgentError, DaemonUnavailable, Refused, UsageError
+
+log = logging.getLogger(logs.LOGGER)
+
+SOCKET_NAME = "control.sock"
+MAX_MESSAGE = 64 * 1024
+CLIENT_DEADLINE_SECONDS = 5.0
+MAX_CLIENTS = 16
+COMMANDS = ("status", "stop", "start", "backup-now", "sign-in")
+# Commands a non-administrator may ever ask for; status is harmless, stop/start are the
+# user's right unless the policy says otherwise.
+USER_COMMANDS = ("status", "stop", "start", "backup-now")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end, as the kernel says."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @property
+    def name(self) -> str:
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return f"uid {self.uid}"
+
+    @property
+    def home(self) -> str | None:
+        try:
+            return pwd.getpwuid(self.uid).pw_dir
+        except KeyError:
+            return None
+
+    def describe(self) -> str:
+        return f"{self.name} (uid {self.uid}, pid {self.pid})"
+
+
+def peer_of(conn: socket.socket) -> Peer:
+    if sys.platform.startswith("linux"):
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return Peer(pid, uid, gid)
+    # macOS: LOCAL_PEERCRED (0x001) at SOL_LOCAL (0) gives a struct xucred:
+    # u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16].
+    raw = conn.getsockopt(0, 0x001, struct.calcsize("IIh16I"))
+    _version, uid, _ngroups, *groups = struct.unpack("IIh16I", raw)
+    return Peer(-1, uid, groups[0] if groups else -1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+
+def authorize(
+    command: str,
+    peer: Peer,
+    *,
+    registered_user_home: str | None,
+    registered_username: str | None,
+    console_users: Iterable[str],
+    allow_user_stop: bool,
+) -> Decision:
+    """Who may do what (pure, so every rule is tested without sockets).
+
+    root may do anything; the device's registered user (before registration: anyone with a
+    local session) may check status, stop, start and ask for a backup, unless the policy
+    forbids user stop; anyone else is refused.
+    """
+    if peer.uid == 0:
+        return Decision(True, "administrator")
+    if command == "status":
+        return Decision(True, "status is for everyone on the device")
+    refusal = _user_refusal(
+        command, peer, registered_user_home, registered_username, set(console_users)
+    )
+    if refusal is None and command == "stop" and not allow_user_stop:
+        refusal = "the organization's policy does not allow users to stop backups"
+    return Decision(refusal is None, refusal or "the device's user")
+
+
+def _user_refusal(
+    command: str,
+    peer: Peer,
+    registered_user_home: str | None,
+    registered_username: str | None,
+    console_users: set[str],
+) -> str | None:
+    if command not in USER_COMMANDS:
+        return f"only an administrator may use {command}"
+    if registered_user_home or registered_username:
+        local_part = (registered_username or "").partition("@")[0]
+        by_home = registered_user_home is not None and peer.home == registered_user_home
+        if not by_home and peer.name not in (registered_username, local_part):
+            return f"{peer.name} is not this device's user"
+    elif peer.name not in console_users:
+        return f"{peer.name} has no session on this device"
+    return None
+
+
+def _reply(conn: socket.socket, body: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall((json.dumps(body) + "\n").encode())
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    deadline = time.monotonic() + CLIENT_DEADLINE_SECONDS
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UsageError("the request did not arrive in time")
+        conn.settimeout(remaining)
+        chunk = conn.recv(4096)
+        if not chunk:
+            break  # half-closed: take what came, if it is a whole request
+        data += chunk
+        if len(data) > MAX_MESSAGE:
+            raise UsageError(f"the request is larger than {MAX_MESSAGE} bytes")
+    try:
+        request = json.loads(data.partition(b"\n")[0] or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError("the request is not JSON") from None
+    if not isinstance(request, dict) or request.get("command") not in COMMANDS:
+        raise UsageError(f"the request must name a command: {', '.join(COMMANDS)}")
+    if not isinstance(request.get("args", {}), dict):
+        raise UsageError("args must be an object")
+    return request
+
+
+Handler = Callable[[str, dict[str, Any], Peer], dict[str, Any]]
+
+
+class ControlServer:
+    """Serves the control socket on background threads; `handler` does the work."""
+
+    def __init__(self, run_dir: Path, handler: Handler) -> None:
+        self.path = run_dir / SOCKET_NAME
+        self.handler = handler
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)  # a stale socket from a crashed daemon
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.path))
+        # Every local user may connect; authorize() decides what each may do.
+        os.chmod(self.path, 0o666)  # noqa: S103
+        sock.listen(128)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._accept_loop, name="control", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._sock.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.path.unlink(missing_ok=True)
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._closing.is_set():
+            try:
+                conn, _addr = self._sock.accept()
+            except OSError:
+                if self._closing.is_set():
+                    return
+                continue
+            if not self._slots.acquire(blocking=False):
+                _reply(conn, {"ok": False, "code": "busy", "message": "too many requests; retry"})
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            peer = peer_of(conn)
+            try:
+                request = _read_request(conn)
+                result = self.handler(request["command"], request.get("args", {}), peer)
+                _reply(conn, {"ok": True, "result": result})
+            except Refused as exc:
+                log.warning("control: refused %s", exc.message)
+                _reply(conn, {"ok": False, "code": "refused", "message": exc.message})
+            except AgentError as exc:
+                _reply(conn, {"ok": False, "code": "bad_request", "message": exc.message})
+            except OSError:
+                pass  # the client went away
+            except Exception:  # a bug in a handler must not take the daemon down
+                log.exception("control: unexpected error serving %s", peer.describe())
+                _reply(conn, {"ok": False, "code": "internal", "message": "internal error"})
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+            self._slots.release()
+
+
+def call(
+    run_dir: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Ask the daemon; its result, or DaemonUnavailable (exit 3) / Refused (exit 4)."""
+    path = run_dir / SOCKET_NAME
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            # A blocking connect waits for room in a full backlog (a flood of other
+            # clients), where a non-blocking one would fail at once with EAGAIN.
+            sock.connect(str(path))
+            sock.settimeout(timeout)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonUnavailable(
+                f"the agent is not running (no control socket at {path}); start its service"
+            ) from None
+        except PermissionError:
+            raise Refused(f"not permitted to reach the agent at {path}") from None
+        sock.sendall((json.dumps({"command": command, "args": args or {}}) + "\n").encode())
+        data = b""
+        while b"\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        raise DaemonUnavailable(f"the agent did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot talk to the agent: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise DaemonUnavailable("the agent's answer was not understood") from None
+    if answer.get("ok"):
+        result: dict[str, Any] = answer.get("result") or {}
+        return result
+    if answer.get("code") == "refused":
+        raise Refused(str(answer.get("message")))
+    raise AgentError(str(answer.get("message")))
+
+
+__all__ = ["COMMANDS", "ControlServer", "Decision", "Peer", "authorize", "call", "peer_of"]
