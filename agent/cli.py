@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
     sub.add_parser("stop", parents=[home], help="stop backups until `holdfast start`")
     sub.add_parser("start", parents=[home], help="resume where the agent was stopped")
+    sub.add_parser("tray", parents=[home], help="the tray icon (status, Stop, Start, ...)")
     return parser
 
 
@@ -116,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, paths, words)
         if args.command in ("stop", "start"):
             return _control(args.command, paths)
+        if args.command == "tray":
+            from agent.tray import main as tray_main
+
+            return tray_main(paths)
         from agent.status import collect, render
 
         report = collect(paths)

@@ -27,7 +27,7 @@ from agent.config import AgentConfig
 from agent.config import load as load_config
 from agent.control import ControlServer, Peer, authorize
 from agent.deploy_args import DeployArgs, read_properties_file
-from agent.detection import DetectionError, DetectionScript, detect
+from agent.detection import DetectionError, DetectionScript, SandboxSettings, detect
 from agent.errors import AgentError, ContactError, PermanentError, Refused, UsageError
 from agent.identity import Identity, hardware_id, load_or_create, renew
 from agent.lifecycle import (
@@ -316,6 +316,11 @@ class Daemon:
             log.error("installer arguments in %s are not usable: %s", path, exc.message)
             return None
         logs.redactor.add(args.token)
+        tray = {"cloaked": args.cloaked, "silent": args.silent}
+        if any(self.state.facts.get(k) != v for k, v in tray.items()):
+            # The tray runs as the user, who cannot read conf/: it learns these from status.
+            self.state = replace(self.state, facts={**self.state.facts, **tray})
+            save_state(self.paths.state_file, self.state)
         if self.args is None or args.token_tag() != self.args.token_tag():
             for warning in args.warnings:
                 log.warning("%s", warning)
@@ -392,7 +397,7 @@ class Daemon:
             raise
         return CheckedIn(policy.org)
 
-    def _detect(self) -> Event:
+    def _detect(self) -> Event | None:
         if self.policy is None or self.policy.detection is None:
             return Failed(
                 "no_detection_script",
@@ -400,9 +405,26 @@ class Daemon:
                 "must add one (policy create --script)",
             )
         timeout = self.config.setting("detection_timeout_seconds", self.policy.settings)
+        sandbox = SandboxSettings(
+            account=self.config.detection_user,
+            # The authority sends a bool; anything else truthy fails closed.
+            require_strong=bool(self.policy.settings.get("require_strong_sandbox")),
+            hidden=tuple(str(p) for p in (self.paths.conf, self.paths.state, self.paths.log)),
+        )
         try:
-            result = detect(DetectionScript.from_policy(self.policy.detection), timeout_s=timeout)
+            result = detect(
+                DetectionScript.from_policy(self.policy.detection),
+                timeout_s=timeout,
+                sandbox=sandbox,
+                log_path=self.paths.detection_log,
+                # SIGTERM only sets the flag; the runner polls it and kills the script at once.
+                should_stop=lambda: self.stopping,
+            )
         except DetectionError as exc:
+            if exc.code == "stopped":
+                # Not a failed attempt: a restart resumes the phase with a fresh one.
+                log.info("user detection interrupted: the agent is stopping")
+                return None
             return Failed(exc.code, f"user detection failed: {exc.message}")
         if result.username is None or result.user_home is None:
             return Failed(

@@ -89,6 +89,7 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
         "stopped_by": state.stopped_by,
         "resume_phase": state.resume_phase.value if state.resume_phase else None,
         "last_backup": None,
+        "tray_hidden": bool(state.facts.get("cloaked", False)),
         "problems": problems,
     }
 
