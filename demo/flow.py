@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import signal
 import socket
@@ -25,6 +26,7 @@ import httpx
 from agent.pinning import pinned_context
 
 DEMO_USER = "demo.user@example.com"
+FIXED_USER_SCRIPT = Path(__file__).resolve().parent.parent / "detection_scripts/linux/fixed_user.sh"
 
 
 def step(title: str) -> None:
@@ -68,17 +70,21 @@ def wait_until_serving(url: str, pin: str, server: subprocess.Popen[bytes]) -> N
 
 
 def make_demo_user(root: Path) -> tuple[Path, Path]:
-    """A sample home folder, and a detection script that reports it (as a real one would)."""
+    """A sample home folder, and the shipped fixed_user script set to report it.
+
+    A demo machine has no one logged in, which is what fixed_user.sh is for: an
+    administrator edits its two lines at the top, as done here.
+    """
     home = root / "home" / "demo"
     (home / "Documents").mkdir(parents=True)
     (home / "Documents" / "report.txt").write_text("Quarterly report\n")
     (home / ".cache").mkdir()
-    script = root / "detect_demo_user.sh"
-    script.write_text(
-        "# Demo detection: reports the demo user (real scripts ask loginctl, scutil, ...).\n"
-        f"echo AGENT_USERNAME={DEMO_USER}\n"
-        f"echo AGENT_USER_HOME={home}\n"
-    )
+    root.chmod(0o755)  # the script runs as an unprivileged account: let it reach the home
+    text = FIXED_USER_SCRIPT.read_text()
+    text = re.sub(r"(?m)^FIXED_USERNAME=.*$", f'FIXED_USERNAME="{DEMO_USER}"', text, count=1)
+    text = re.sub(r"(?m)^FIXED_USER_HOME=.*$", f'FIXED_USER_HOME="{home}"', text, count=1)
+    script = root / "fixed_user.sh"
+    script.write_text(text)
     return home, script
 
 

@@ -1,0 +1,86 @@
+#!/bin/bash
+# Holdfast user detection for macOS: the user logged in at the console (the screen),
+# unless that account is listed in EXCLUDE.
+#
+# What it detects: the console user from `scutil` (State:/Users/ConsoleUser); nobody while the
+# login window shows (`loginwindow`). The home is the user's NFSHomeDirectory from
+# `dscl . -read /Users/<user>`, so it also works for network and mobile accounts whose home is
+# not /Users/<user>.
+#
+# When to use it: Macs that administrators set up or image (gold images) before the user gets
+# them, and Macs where Setup Assistant's _mbsetupuser can be at the console: while an excluded
+# account is at the console the script prints nothing, so the agent waits for the real user.
+# EXCLUDE holds short names or shell patterns (admin-* is every name starting with admin-),
+# compared ignoring case. To also report an e-mail address, copy the EMAIL_DOMAIN lines of
+# console_user_email.sh.
+#
+# Output (CONTRACT.md section 3): AGENT_USERNAME=<name> and AGENT_USER_HOME=<home>, or nothing
+# at all when no user qualifies (exit 0: the agent retries on its registration schedule).
+# It writes nothing but its log: LOG_FILE, appended to only when its folder exists (set
+# LOG_FILE="" for none); log lines also go to stderr. It needs no network.
+#
+# Written like the vendor's published macOS scripts (functions, bash syntax, its own log) and
+# for macOS's bash 3.2; it also runs without its #! line, as the agent then uses /bin/bash.
+# scutil and dscl exist only on macOS: the project's tests run it on Linux with stubs of both.
+#
+# Settings: the agent runs the script with a clean environment, so edit them here.
+EXCLUDE=("root" "admin" "_mbsetupuser" "admin-*")
+LOG_FILE="/Library/Logs/Holdfast/userDetect_Result.log"
+
+function writeLog {
+    local message
+    message="$(date '+%Y-%m-%d %H:%M:%S') ${0##*/}: $*"
+    echo "$message" >&2
+    if [[ -n "$LOG_FILE" && -d "${LOG_FILE%/*}" ]]; then
+        { echo "$message" >>"$LOG_FILE"; } 2>/dev/null
+    fi
+}
+
+function isExcluded {
+    local pattern
+    shopt -s nocasematch
+    for pattern in "${EXCLUDE[@]}"; do
+        # shellcheck disable=SC2053 # the pattern is a shell pattern on purpose
+        if [[ "$1" == $pattern ]]; then
+            shopt -u nocasematch
+            return 0
+        fi
+    done
+    shopt -u nocasematch
+    return 1
+}
+
+function consoleUser {
+    echo "show State:/Users/ConsoleUser" | scutil 2>/dev/null |
+        awk '$1 == "Name" && $2 == ":" { print $3; exit }'
+}
+
+# dscl prints a value without spaces on the key's line and one with spaces on the next line.
+function homeOf {
+    dscl . -read "/Users/$1" NFSHomeDirectory 2>/dev/null | awk '
+        /^NFSHomeDirectory:/ {
+            sub(/^NFSHomeDirectory:[ \t]*/, "")
+            if ($0 != "") { print $1; exit }
+            more = 1
+            next
+        }
+        more { sub(/^[ \t]+/, ""); sub(/[ \t]+$/, ""); print; exit }'
+}
+
+user=$(consoleUser)
+if [[ -z "$user" || "$user" == "loginwindow" ]]; then
+    writeLog "No user at the console (${user:-none}). Will retry user detection in 60 minutes."
+    exit 0
+fi
+if isExcluded "$user"; then
+    writeLog "Excluded user at the console ($user). Will retry user detection in 60 minutes."
+    exit 0
+fi
+userHome=$(homeOf "$user")
+if [[ -z "$userHome" ]]; then
+    writeLog "No home folder for $user in the directory. Will retry user detection in 60 minutes."
+    exit 0
+fi
+writeLog "Detected console user $user, home $userHome"
+echo "AGENT_USERNAME=$user"
+echo "AGENT_USER_HOME=$userHome"
