@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent import __version__
@@ -44,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", parents=[home], help="stop backups until `holdfast start`")
     sub.add_parser("start", parents=[home], help="resume where the agent was stopped")
     sub.add_parser("tray", parents=[home], help="the tray icon (status, Stop, Start, ...)")
+    install = sub.add_parser("install", help="install and start the system service")
+    install.add_argument("--deploy-args", required=True, metavar="S", help="the CP_ARGS string")
+    uninstall = sub.add_parser("uninstall", help="stop and remove the system service")
+    uninstall.add_argument(
+        "--purge", action="store_true", help="also remove settings, identity, state and logs"
+    )
     return parser
 
 
@@ -55,6 +62,26 @@ def _control(command: str, paths: AgentPaths) -> int:
         print(f"Stopped ({result.get('stopped_by')}); nothing runs until `holdfast start`.")
     else:
         print(f"Started; the agent is in phase {result.get('phase')}.")
+    return 0
+
+
+def _this_command() -> str | None:
+    """The absolute path of the running `holdfast`, for the service to run the same one."""
+    if getattr(sys, "frozen", False):
+        return sys.executable
+    found = shutil.which("holdfast")
+    return str(Path(found).resolve()) if found else None
+
+
+def _service(args: argparse.Namespace) -> int:
+    from agent.service import install, uninstall
+
+    if args.command == "install":
+        lines = install(args.deploy_args, executable=_this_command())
+    else:
+        lines = uninstall(purge=args.purge)
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -108,24 +135,38 @@ def _run(args: argparse.Namespace, paths: AgentPaths, argv: Sequence[str]) -> in
     return Daemon(paths).run()
 
 
+def _status(args: argparse.Namespace, paths: AgentPaths) -> int:
+    from agent.status import collect, render
+
+    report = collect(paths)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def _tray(paths: AgentPaths) -> int:
+    from agent.tray import main as tray_main
+
+    return tray_main(paths)
+
+
+def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> int:
+    handlers: dict[str, Callable[[], int]] = {
+        "run": lambda: _run(args, paths, words),
+        "status": lambda: _status(args, paths),
+        "stop": lambda: _control("stop", paths),
+        "start": lambda: _control("start", paths),
+        "tray": lambda: _tray(paths),
+        "install": lambda: _service(args),
+        "uninstall": lambda: _service(args),
+    }
+    return handlers[args.command]()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(words)
     try:
-        paths = AgentPaths.resolve(args.home)
-        if args.command == "run":
-            return _run(args, paths, words)
-        if args.command in ("stop", "start"):
-            return _control(args.command, paths)
-        if args.command == "tray":
-            from agent.tray import main as tray_main
-
-            return tray_main(paths)
-        from agent.status import collect, render
-
-        report = collect(paths)
-        print(json.dumps(report, indent=2) if args.json else render(report))
-        return 0
+        return _dispatch(args, AgentPaths.resolve(args.home), words)
     except AgentError as exc:
         print(f"holdfast: {exc.message}", file=sys.stderr)
         return exc.exit_code
