@@ -27,7 +27,8 @@ _NUMBERS: dict[str, tuple[type, float, float, float]] = {
     "request_timeout_seconds": (float, 1, 600, 30),
     "detection_timeout_seconds": (int, 1, 300, 60),
 }
-_STRINGS = ("log_level", "machine_id_file", "log_format")
+_STRINGS = ("log_level", "machine_id_file", "log_format", "detection_user")
+DEFAULT_DETECTION_USER = "nobody"
 KNOWN = tuple(_NUMBERS) + _STRINGS
 
 
@@ -45,6 +46,11 @@ class AgentConfig:
     def machine_id_file(self) -> str | None:
         value = self.values.get("machine_id_file")
         return str(value) if value else None
+
+    @property
+    def detection_user(self) -> str:
+        """The unprivileged account detection scripts run as when the agent is root."""
+        return str(self.values.get("detection_user", DEFAULT_DETECTION_USER))
 
     @property
     def request_timeout(self) -> float:
@@ -86,6 +92,10 @@ def _check(key: str, value: Any, path: Path) -> Any:
         raise UsageError(f"{path}: log_level must be one of {', '.join(LOG_LEVELS)}")
     if key == "log_format" and value not in ("text", "json"):
         raise UsageError(f"{path}: log_format must be text or json")
+    if key == "detection_user" and not (
+        isinstance(value, str) and value.strip() == value and value and ":" not in value
+    ):
+        raise UsageError(f"{path}: detection_user must be the name of an account, not {value!r}")
     return str(value).lower() if key == "log_level" else str(value)
 
 

@@ -409,7 +409,9 @@ class Daemon:
             account=self.config.detection_user,
             # The authority sends a bool; anything else truthy fails closed.
             require_strong=bool(self.policy.settings.get("require_strong_sandbox")),
-            hidden=tuple(str(p) for p in (self.paths.conf, self.paths.state, self.paths.log)),
+            hidden=tuple(
+                str(p) for p in (self.paths.conf, self.paths.state, self.paths.log, self.paths.run)
+            ),
         )
         try:
             result = detect(

@@ -1,59 +1,66 @@
-"""User detection: run the policy's detection script and read the user it prints.
+"""User detection: the policy's script, run in the sandbox, and the user it prints.
 
-    detect(script) = verify sha256 ─▶ run_script ─▶ parse_output ─▶ DetectionResult
+    detect(script) = verify sha256 ─▶ sandbox.plan ─▶ scratch folder ─▶ sandbox.run
+                     ─▶ parse_output ─▶ DetectionResult, each run recorded in detection.log
 
-`run_script` is the one place a detection script is started; the sandbox (unprivileged user,
-rlimits, namespaces) hardens it later without changing its callers. Already now a script runs
-only if its bytes match the policy's sha256, in a fresh private scratch folder (its working
-directory, HOME and TMPDIR, removed afterwards), with an allow-listed environment, stdin from
-/dev/null, a time limit and an output cap; on either limit its whole process tree is killed.
+This module is the policy side: what the policy's script object must hold, that its bytes
+match the policy's SHA-256 before anything runs, which interpreter starts it, what its output
+means, and the record support staff read in log/detection.log. How a run is contained
+(account, rlimits, namespaces, killing) is agent.sandbox's.
 
 A DetectionError's `code` is one of: policy_invalid, script_hash_mismatch, interpreter_missing,
-start_failed, timeout, too_much_output, script_failed, incomplete_output, invalid_username,
-invalid_home.
+account_unusable, sandbox_unavailable, start_failed, timeout, too_much_output, stopped,
+script_failed, incomplete_output, invalid_username, invalid_home.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import datetime as dt
+import glob
 import hashlib
 import logging
+import logging.handlers
 import os
 import re
-import selectors
+import secrets
 import shutil
-import signal
 import stat
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import PureWindowsPath
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
-import psutil
-
+from agent import logs
 from agent.errors import DetectionError
+from agent.sandbox import (
+    DEFAULT_OUTPUT_CAP,
+    SCRIPT_PATH,
+    Account,
+    Plan,
+    SandboxSettings,
+    ScriptRun,
+    plan,
+)
+from agent.sandbox import run as run_sandboxed
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(logs.LOGGER)
 
-SCRIPT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_OUTPUT_CAP = 64 * 1024
 MAX_USERNAME_CHARS = 256
 MAX_HOME_CHARS = 4096
+STDERR_LOG_CHARS = 2048
+DETECTION_LOG_BYTES = 1024 * 1024
 
 _USERNAME_KEYS = ("C42_USERNAME", "AGENT_USERNAME")
 _HOME_KEYS = ("C42_USER_HOME", "AGENT_USER_HOME")
-_SANE_LANG = re.compile(r"(C|POSIX|[a-z]{2,3}(_[A-Z]{2})?)(\.[A-Za-z0-9-]{1,20})?(@[a-z]{1,20})?")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-# Once the script has exited, descendants it left behind may still hold its pipes open: wait
-# this long for them to finish writing, then stop reading (they are killed with its group).
-_PIPE_GRACE_S = 0.5
-_POLL_S = 0.05
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+()=-]+")
 _STDERR_LINE_CHARS = 200
+_SCRATCH_PREFIX = "holdfast-detect-"
+_STALE_SCRATCH_S = 900  # three times the longest detection timeout (300 s)
 
 
 @dataclass(frozen=True)
@@ -100,16 +107,6 @@ class DetectionScript:
             script=detection["script"],
             sha256=sha256.lower(),
         )
-
-
-@dataclass(frozen=True)
-class ScriptRun:
-    """What one run of a detection script did. A negative exit code is the killing signal."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-    duration_s: float
 
 
 @dataclass(frozen=True)
@@ -164,15 +161,100 @@ def parse_output(stdout: str) -> tuple[str | None, str | None]:
     return username, home
 
 
-def detect(script: DetectionScript, *, timeout_s: float) -> DetectionResult:
-    """Run `script` and return the user it found; a failure is a DetectionError."""
-    run = run_script(script, timeout_s=timeout_s)
-    log.debug(
-        "detection script %s exited %d after %.2f s",
-        script.filename,
-        run.exit_code,
-        run.duration_s,
-    )
+def detect(
+    script: DetectionScript,
+    *,
+    timeout_s: float,
+    sandbox: SandboxSettings | None = None,
+    log_path: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> DetectionResult:
+    """Run `script` and return the user it found; a failure is a DetectionError.
+
+    Every attempt, refused ones included, leaves a `start` and/or an `end` line in `log_path`.
+    `should_stop` is polled while the script runs: true ends it (code `stopped`).
+    """
+    settings = sandbox or SandboxSettings()
+    journal = _Journal(log_path, script)
+    run: ScriptRun | None = None
+    try:
+        run = _run(script, timeout_s, settings, should_stop, journal)
+        _raise_if_stopped(script, run, timeout_s, settings.output_cap)
+        result = _result_of(script, run)
+    except DetectionError as exc:
+        journal.end(run, error=exc)
+        raise
+    journal.end(run, result=result)
+    return result
+
+
+def run_script(
+    script: DetectionScript,
+    *,
+    timeout_s: float,
+    sandbox: SandboxSettings | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ScriptRun:
+    """Run a detection script once in the sandbox, whatever it prints.
+
+    MUST refuse a script whose bytes do not match its sha256. The scratch folder is removed and
+    every process of the run is killed before this returns or raises.
+    """
+    settings = sandbox or SandboxSettings()
+    run = _run(script, timeout_s, settings, should_stop, _Journal(None, script))
+    _raise_if_stopped(script, run, timeout_s, settings.output_cap)
+    return run
+
+
+def _run(
+    script: DetectionScript,
+    timeout_s: float,
+    settings: SandboxSettings,
+    should_stop: Callable[[], bool] | None,
+    journal: _Journal,
+) -> ScriptRun:
+    payload = script.script.encode("utf-8")
+    actual = hashlib.sha256(payload).hexdigest()
+    if actual != script.sha256.lower():
+        raise DetectionError(
+            "script_hash_mismatch",
+            f"the detection script {script.filename} does not match the SHA-256 in the policy "
+            f"(policy {script.sha256[:12]}..., script {actual[:12]}...); it was not run",
+        )
+    interpreter = _resolve_interpreter(script.interpreter)
+    chosen = plan(settings)
+    journal.start(chosen, timeout_s)
+    scratch = _make_scratch(chosen.account, script.filename, payload)
+    try:
+        argv = [*interpreter, os.path.join(scratch, script.filename)]
+        return run_sandboxed(
+            chosen, argv, scratch=scratch, timeout_s=timeout_s, should_stop=should_stop
+        )
+    finally:
+        _remove_tree(scratch)
+
+
+def _raise_if_stopped(script: DetectionScript, run: ScriptRun, timeout_s: float, cap: int) -> None:
+    """The sandbox ended the run: say why, as the error the daemon reports."""
+    if run.stopped_for == "timeout":
+        raise DetectionError(
+            "timeout",
+            f"the detection script {script.filename} did not finish within {timeout_s:g} "
+            "seconds and was stopped",
+        )
+    if run.stopped_for == "too_much_output":
+        raise DetectionError(
+            "too_much_output",
+            f"the detection script {script.filename} printed more than {_size(cap)} on "
+            f"{run.stream} and was stopped",
+        )
+    if run.stopped_for is not None:
+        raise DetectionError(
+            "stopped", f"the detection script {script.filename} was stopped: the agent is stopping"
+        )
+
+
+def _result_of(script: DetectionScript, run: ScriptRun) -> DetectionResult:
     if run.exit_code == 0:
         username, home = parse_output(run.stdout)
         return DetectionResult(username=username, user_home=home, run=run)
@@ -186,150 +268,31 @@ def detect(script: DetectionScript, *, timeout_s: float) -> DetectionResult:
     return DetectionResult(username=username, user_home=home, run=run)
 
 
-def run_script(
-    script: DetectionScript, *, timeout_s: float, output_cap: int = DEFAULT_OUTPUT_CAP
-) -> ScriptRun:
-    """Run a detection script once, within `timeout_s` seconds and `output_cap` bytes per stream.
-
-    MUST refuse a script whose bytes do not match its sha256. The scratch folder is removed and
-    every process of the run is killed before this returns or raises.
-    """
-    payload = script.script.encode("utf-8")
-    actual = hashlib.sha256(payload).hexdigest()
-    if actual != script.sha256.lower():
-        raise DetectionError(
-            "script_hash_mismatch",
-            f"the detection script {script.filename} does not match the SHA-256 in the policy "
-            f"(policy {script.sha256[:12]}..., script {actual[:12]}...); it was not run",
-        )
-    argv = _resolve_interpreter(script.interpreter)
+def _make_scratch(account: Account, filename: str, payload: bytes) -> str:
+    """A fresh private folder holding the script, owned by the account that will run it."""
+    # An agent that was killed outright left its folder behind: no run lasts this long.
+    for stale in glob.glob(os.path.join(tempfile.gettempdir(), f"{_SCRATCH_PREFIX}*")):
+        with contextlib.suppress(OSError):
+            if time.time() - os.lstat(stale).st_mtime > _STALE_SCRATCH_S:
+                _remove_tree(stale)
     try:
-        scratch = tempfile.mkdtemp(prefix="holdfast-detect-")
+        scratch = tempfile.mkdtemp(prefix=_SCRATCH_PREFIX)
     except OSError as exc:
-        raise _start_failed(script, "its scratch folder could not be created", exc) from exc
+        raise _start_failed(filename, "its scratch folder could not be created", exc) from exc
+    # On Windows the restricted token is granted the folder by ACL (agent.sandbox_windows).
+    owned = account.switch and sys.platform != "win32"
     try:
-        os.chmod(scratch, 0o700)
-        path = os.path.join(scratch, script.filename)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(os.path.join(scratch, filename), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as file:
             file.write(payload)
+            if owned:  # its folder to write in, its script to read
+                os.fchown(file.fileno(), account.uid, account.gid)
+        if owned:
+            os.chown(scratch, account.uid, account.gid)
     except OSError as exc:
         _remove_tree(scratch)
-        raise _start_failed(script, "it could not be written to its scratch folder", exc) from exc
-    try:
-        return _run_in(scratch, [*argv, path], script.filename, timeout_s, output_cap)
-    finally:
-        _remove_tree(scratch)
-
-
-def _run_in(
-    scratch: str, argv: list[str], filename: str, timeout_s: float, output_cap: int
-) -> ScriptRun:
-    started = time.monotonic()
-    deadline = started + timeout_s
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=scratch,
-            env=_environment(scratch),
-            start_new_session=True,
-        )
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC):
-            raise DetectionError(
-                "interpreter_missing",
-                f"the interpreter {argv[0]} of the detection script {filename} could not be "
-                f"started ({exc.strerror})",
-            ) from exc
-        raise DetectionError(
-            "start_failed",
-            f"the detection script {filename} could not be started ({exc.strerror})",
-        ) from exc
-    with proc:
-        try:
-            stdout, stderr = _read_output(proc, filename, deadline, timeout_s, output_cap)
-            try:
-                exit_code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise _timeout(filename, timeout_s) from None
-        except BaseException:
-            _kill_tree(proc)
-            raise
-        finally:
-            # Whatever the script left behind in its process group goes with it.
-            _kill_group(proc.pid)
-    return ScriptRun(
-        exit_code=exit_code,
-        stdout=stdout.decode("utf-8", errors="replace"),
-        stderr=stderr.decode("utf-8", errors="replace"),
-        duration_s=time.monotonic() - started,
-    )
-
-
-def _read_output(
-    proc: subprocess.Popen[bytes], filename: str, deadline: float, timeout_s: float, cap: int
-) -> tuple[bytes, bytes]:
-    """Both streams, read together so neither can fill its pipe and stall the script."""
-    assert proc.stdout is not None and proc.stderr is not None
-    streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
-    buffers = {fd: bytearray() for fd in streams}
-    exited_at: float | None = None
-    with selectors.DefaultSelector() as selector:
-        for fd in streams:
-            selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
-            now = time.monotonic()
-            if now >= deadline:
-                raise _timeout(filename, timeout_s)
-            if exited_at is None:
-                exited_at = now if proc.poll() is not None else None
-            elif now - exited_at >= _PIPE_GRACE_S:
-                break
-            for key, _ in selector.select(timeout=min(_POLL_S, deadline - now)):
-                chunk = os.read(key.fd, 65536)
-                if not chunk:
-                    selector.unregister(key.fd)
-                    continue
-                buffer = buffers[key.fd]
-                buffer += chunk
-                if len(buffer) > cap:
-                    raise DetectionError(
-                        "too_much_output",
-                        f"the detection script {filename} printed more than {_size(cap)} on "
-                        f"{streams[key.fd]} and was stopped",
-                    )
-    return bytes(buffers[proc.stdout.fileno()]), bytes(buffers[proc.stderr.fileno()])
-
-
-def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the script's process group and every descendant, even those that left the group."""
-    descendants: list[psutil.Process] = []
-    if proc.returncode is None:  # once reaped, its pid may already belong to someone else
-        with contextlib.suppress(psutil.Error):
-            descendants = psutil.Process(proc.pid).children(recursive=True)
-    _kill_group(proc.pid)
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.kill()  # psutil checks the pid was not reused since it was collected
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _environment(scratch: str) -> dict[str, str]:
-    """The script's whole environment: nothing of the agent's (its token, its proxy password)."""
-    lang = os.environ.get("LANG", "")
-    return {
-        "PATH": SCRIPT_PATH,
-        "LANG": lang if _SANE_LANG.fullmatch(lang) else "C.UTF-8",
-        "HOME": scratch,
-        "TMPDIR": scratch,
-    }
+        raise _start_failed(filename, "it could not be written to its scratch folder", exc) from exc
+    return scratch
 
 
 def _resolve_interpreter(interpreter: Sequence[str]) -> list[str]:
@@ -382,6 +345,72 @@ def _remove_tree(folder: str) -> None:
         log.warning("could not remove the detection script's scratch folder %s", folder)
 
 
+class _Journal:
+    """log/detection.log for support staff: a `start` and an `end` line per run, key=value.
+
+    It goes through the agent's redactor although the script's environment holds no secret:
+    the file quotes what the script printed, and that is not the agent's to trust.
+    """
+
+    def __init__(self, path: Path | None, script: DetectionScript) -> None:
+        self.path = path
+        self.head = {
+            "run": secrets.token_hex(4),  # ties a run's lines together
+            "script": script.filename,
+            "sha256": script.sha256[:12],
+        }
+
+    def start(self, chosen: Plan, timeout_s: float) -> None:
+        account = chosen.account
+        who = account.name if account.switch else f"{account.name} (the agent's own: not root)"
+        self._write(
+            "start", account=who, isolation=chosen.isolation.value, timeout=f"{timeout_s:g}s"
+        )
+
+    def end(
+        self,
+        run: ScriptRun | None,
+        *,
+        result: DetectionResult | None = None,
+        error: DetectionError | None = None,
+    ) -> None:
+        fields: dict[str, str] = {}
+        if run is not None:
+            fields.update(duration=f"{run.duration_s:.2f}s", exit=str(run.exit_code))
+        if error is not None:
+            fields.update(result=error.code, reason=error.message)
+        elif result is not None and result.username is not None:
+            fields.update(result="user", username=result.username, home=str(result.user_home))
+        else:
+            fields["result"] = "no_user"
+        if run is not None and run.stderr.strip():
+            fields["stderr"] = run.stderr.strip()[-STDERR_LOG_CHARS:]
+        self._write("end", **fields)
+
+    def _write(self, event: str, **fields: str) -> None:
+        if self.path is None:
+            return
+        moment = dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
+        text = " ".join(f"{key}={_quote(value)}" for key, value in {**self.head, **fields}.items())
+        record = logging.makeLogRecord({"msg": f"{moment} {event} {text}", "levelno": logging.INFO})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(
+                self.path, maxBytes=DETECTION_LOG_BYTES, backupCount=3, encoding="utf-8"
+            )
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.path, exc)
+            return
+        with contextlib.closing(handler):
+            handler.addFilter(logs.redactor)
+            handler.handle(record)
+
+
+def _quote(value: str) -> str:
+    """A value as one line of text: bare when plain, else repr(), which escapes controls."""
+    return value if _BARE_VALUE.fullmatch(value) else repr(value)
+
+
 def _is_absolute(path: str) -> bool:
     return path.startswith("/") or PureWindowsPath(path).is_absolute()
 
@@ -395,14 +424,6 @@ def _size(cap: int) -> str:
     return f"{cap // 1024} KiB" if cap % 1024 == 0 else f"{cap} bytes"
 
 
-def _timeout(filename: str, timeout_s: float) -> DetectionError:
-    return DetectionError(
-        "timeout",
-        f"the detection script {filename} did not finish within {timeout_s:g} seconds "
-        "and was stopped",
-    )
-
-
 def _interpreter_missing(program: str) -> DetectionError:
     return DetectionError(
         "interpreter_missing",
@@ -410,10 +431,10 @@ def _interpreter_missing(program: str) -> DetectionError:
     )
 
 
-def _start_failed(script: DetectionScript, what: str, exc: OSError) -> DetectionError:
+def _start_failed(filename: str, what: str, exc: OSError) -> DetectionError:
     return DetectionError(
         "start_failed",
-        f"the detection script {script.filename} was not run: {what} ({exc.strerror or exc})",
+        f"the detection script {filename} was not run: {what} ({exc.strerror or exc})",
     )
 
 
@@ -436,6 +457,7 @@ __all__ = [
     "DetectionError",
     "DetectionResult",
     "DetectionScript",
+    "SandboxSettings",
     "ScriptRun",
     "detect",
     "parse_output",

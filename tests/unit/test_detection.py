@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import glob
 import hashlib
 import os
+import secrets
 import shlex
-import signal
+import shutil
+import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from agent import logs
 from agent.detection import (
     SCRIPT_PATH,
     DetectionError,
@@ -48,27 +50,31 @@ def variables(output: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
 
 
-def gone(pid: int, within_s: float = 2.0) -> bool:
-    """True once `pid` has exited (a zombie waiting for a reaper counts as exited)."""
+def marker() -> str:
+    """A `sleep` argument no other process has: how a test finds what a script started."""
+    return f"{1000 + secrets.randbelow(10**6)}.{secrets.randbelow(10**9):09d}"
+
+
+def survivors(mark: str, within_s: float = 2.0) -> list[str]:
+    """Command lines still holding `mark` after `within_s` (zombies count as gone)."""
     deadline = time.monotonic() + within_s
     while True:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
+        found = []
+        for process in psutil.process_iter(["cmdline", "status"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if mark in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(cmdline)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
-@pytest.fixture
-def pid_file(tmp_path: Path) -> Iterator[Path]:
-    """A file a script writes a pid to; that process is killed at teardown if still there."""
-    path = tmp_path / "spawned.pid"
-    yield path
-    with contextlib.suppress(ValueError, OSError):
-        os.kill(int(path.read_text()), signal.SIGKILL)
+def scratch_folders() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "holdfast-detect-*")))
+
+
+def log_lines(path: Path) -> list[str]:
+    return path.read_text("utf-8").splitlines() if path.exists() else []
 
 
 def policy_detection(**changes: Any) -> dict[str, Any]:
@@ -255,34 +261,38 @@ def test_stdin_is_dev_null_so_a_read_returns_at_once() -> None:
     assert run.duration_s < 2
 
 
-def test_timeout_kills_the_script_and_a_grandchild_that_left_its_session(
-    tmp_path: Path, pid_file: Path
-) -> None:
-    home_file = tmp_path / "home"
-    pid_q, home_q = shlex.quote(str(pid_file)), shlex.quote(str(home_file))
-    text = (
-        # The grandchild writes its own pid, then becomes `sleep` in a session of its own.
-        f'setsid bash -c \'echo $$ > "$1.tmp"; mv "$1.tmp" "$1"; exec sleep 1000\' _ {pid_q} &\n'
-        f"while [ ! -s {pid_q} ]; do sleep 0.01; done\n"
-        f'echo "$HOME" > {home_q}\n'
-        "sleep 1000\n"
-    )
+def test_timeout_kills_the_script_and_a_grandchild_that_left_its_session() -> None:
+    mark, before = marker(), scratch_folders()
+    # The grandchild becomes `sleep` in a session of its own, out of the script's group.
+    text = f"setsid sleep {mark} &\nsleep 0.2\nsleep {mark}\n"
     started = time.monotonic()
     with pytest.raises(DetectionError) as caught:
         detect(script_of(text), timeout_s=1)
     assert caught.value.code == "timeout"
     assert "within 1 seconds" in caught.value.message
     assert time.monotonic() - started < 3
-    assert gone(int(pid_file.read_text()))
-    assert not Path(home_file.read_text().strip()).exists()
+    assert survivors(mark) == []
+    assert scratch_folders() == before
 
 
-def test_background_process_holding_the_output_does_not_delay_the_result(pid_file: Path) -> None:
-    text = f"sleep 1000 &\necho $! > {shlex.quote(str(pid_file))}\nprintf '{ALICE}'\n"
-    result = detect(script_of(text), timeout_s=10)
+def test_background_process_holding_the_output_does_not_delay_the_result() -> None:
+    mark = marker()
+    result = detect(script_of(f"sleep {mark} &\nprintf '{ALICE}'\n"), timeout_s=10)
     assert result.username == "alice@example.com"
     assert result.run.duration_s < 3
-    assert gone(int(pid_file.read_text()))
+    assert survivors(mark) == []
+
+
+def test_stop_request_ends_the_script_at_once() -> None:
+    mark, asked = marker(), time.monotonic() + 0.3
+    started = time.monotonic()
+    with pytest.raises(DetectionError) as caught:
+        detect(
+            script_of(f"sleep {mark}\n"), timeout_s=30, should_stop=lambda: time.monotonic() > asked
+        )
+    assert caught.value.code == "stopped"
+    assert time.monotonic() - started < 2
+    assert survivors(mark) == []
 
 
 @pytest.mark.parametrize("stream", ["", ">&2"])
@@ -354,3 +364,89 @@ def test_failed_writes_to_the_vendor_log_do_not_fail_detection() -> None:
     assert (result.username, result.user_home) == ("alice", "/Users/alice")
     assert result.run.exit_code != 0
     assert "userDetect_Result.log" in result.run.stderr
+
+
+# What support staff read: log/detection.log
+
+
+def test_each_run_leaves_a_start_and_an_end_line_in_detection_log(tmp_path: Path) -> None:
+    path = tmp_path / "log" / "detection.log"
+    script = script_of(f"echo 'looking for the console user' >&2\nprintf '{ALICE}'\n")
+    detect(script, timeout_s=5, log_path=path)
+    start, end = log_lines(path)
+    assert " start " in start
+    assert f"sha256={script.sha256[:12]}" in start
+    assert "isolation=" in start
+    assert "account=" in start
+    run_id = start.split("run=")[1].split()[0]
+    assert f"run={run_id}" in end
+    assert " end " in end
+    assert "exit=0" in end
+    assert "result=user username=alice@example.com home=/home/alice" in end
+    assert "stderr='looking for the console user'" in end
+
+
+def test_failed_run_names_its_error_code_and_keeps_each_record_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "detection.log"
+    with pytest.raises(DetectionError):
+        detect(
+            script_of("printf 'AGENT_USERNAME=evil\\033[2J\\nAGENT_USER_HOME=/x\\n'\n"),
+            timeout_s=5,
+            log_path=path,
+        )
+    lines = log_lines(path)
+    assert len(lines) == 2
+    assert "result=invalid_username" in lines[1]
+    assert "\x1b" not in path.read_text("utf-8")
+
+
+def test_a_refused_script_is_recorded_without_running(tmp_path: Path) -> None:
+    path = tmp_path / "detection.log"
+    tampered = dataclasses.replace(script_of(ALICE), sha256="0" * 64)
+    with pytest.raises(DetectionError):
+        detect(tampered, timeout_s=5, log_path=path)
+    (line,) = log_lines(path)
+    assert " end " in line
+    assert "result=script_hash_mismatch" in line
+    assert "exit=" not in line
+
+
+def test_a_secret_registered_with_the_redactor_never_reaches_detection_log(tmp_path: Path) -> None:
+    path = tmp_path / "detection.log"
+    secret = "0fb12341-redact-me-" + secrets.token_hex(4)
+    logs.redactor.add(secret)
+    with pytest.raises(DetectionError):
+        detect(script_of(f"echo {secret} >&2\nexit 3\n"), timeout_s=5, log_path=path)
+    text = path.read_text("utf-8")
+    assert secret not in text
+    assert logs.REDACTED in text
+
+
+def test_scratch_folders_a_killed_agent_left_behind_are_removed_by_the_next_run() -> None:
+    stale = Path(tempfile.mkdtemp(prefix="holdfast-detect-"))
+    recent = Path(tempfile.mkdtemp(prefix="holdfast-detect-"))
+    (stale / "detect_user.sh").write_text("sleep 1000\n")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    try:
+        detect(script_of(ALICE), timeout_s=5)
+        assert not stale.exists()
+        assert recent.exists()  # another run may still be using it
+    finally:
+        for folder in (stale, recent):
+            if folder.exists():
+                shutil.rmtree(folder)
+
+
+def test_stop_request_holds_after_the_script_closed_its_output() -> None:
+    mark, asked = marker(), time.monotonic() + 0.3
+    started = time.monotonic()
+    with pytest.raises(DetectionError) as caught:
+        detect(
+            script_of(f"exec >&- 2>&-\nsleep {mark}\n"),
+            timeout_s=30,
+            should_stop=lambda: time.monotonic() > asked,
+        )
+    assert caught.value.code == "stopped"
+    assert time.monotonic() - started < 2
+    assert survivors(mark) == []
