@@ -1,12 +1,13 @@
 """User detection: the policy's script, run in the sandbox, and the user it prints.
 
-    detect(script) = verify sha256 ─▶ sandbox.plan ─▶ scratch folder ─▶ sandbox.run
-                     ─▶ parse_output ─▶ DetectionResult, each run recorded in detection.log
+    detect(script) = verify sha256 ─▶ sandbox.plan ─▶ scratch folder ─▶ sandbox_posix.run
+                     (or sandbox_windows.run) ─▶ parse_output ─▶ DetectionResult,
+                     each run recorded in detection.log (agent.detection_log)
 
 This module is the policy side: what the policy's script object must hold, that its bytes
-match the policy's SHA-256 before anything runs, which interpreter starts it, what its output
-means, and the record support staff read in log/detection.log. How a run is contained
-(account, rlimits, namespaces, killing) is agent.sandbox's.
+match the policy's SHA-256 before anything runs, which interpreter starts it and what its
+output means. How a run is contained (account, rlimits, namespaces, killing) is agent.sandbox's
+and its POSIX and Windows halves'.
 
 A DetectionError's `code` is one of: policy_invalid, script_hash_mismatch, interpreter_missing,
 account_unusable, sandbox_unavailable, start_failed, timeout, too_much_output, stopped,
@@ -16,14 +17,11 @@ script_failed, incomplete_output, invalid_username, invalid_home.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import glob
 import hashlib
 import logging
-import logging.handlers
 import os
 import re
-import secrets
 import shutil
 import stat
 import sys
@@ -34,30 +32,27 @@ from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
-from agent import logs
+from agent import logs, sandbox_posix, sandbox_windows
+from agent.detection_log import Journal
 from agent.errors import DetectionError
 from agent.sandbox import (
     DEFAULT_OUTPUT_CAP,
     SCRIPT_PATH,
     Account,
-    Plan,
+    Isolation,
     SandboxSettings,
     ScriptRun,
     plan,
 )
-from agent.sandbox import run as run_sandboxed
 
 log = logging.getLogger(logs.LOGGER)
 
 MAX_USERNAME_CHARS = 256
 MAX_HOME_CHARS = 4096
-STDERR_LOG_CHARS = 2048
-DETECTION_LOG_BYTES = 1024 * 1024
 
 _USERNAME_KEYS = ("C42_USERNAME", "AGENT_USERNAME")
 _HOME_KEYS = ("C42_USER_HOME", "AGENT_USER_HOME")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
-_BARE_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+()=-]+")
 _STDERR_LINE_CHARS = 200
 _SCRATCH_PREFIX = "holdfast-detect-"
 _STALE_SCRATCH_S = 900  # three times the longest detection timeout (300 s)
@@ -175,7 +170,7 @@ def detect(
     `should_stop` is polled while the script runs: true ends it (code `stopped`).
     """
     settings = sandbox or SandboxSettings()
-    journal = _Journal(log_path, script)
+    journal = Journal(log_path, script.filename, script.sha256)
     run: ScriptRun | None = None
     try:
         run = _run(script, timeout_s, settings, should_stop, journal)
@@ -184,7 +179,7 @@ def detect(
     except DetectionError as exc:
         journal.end(run, error=exc)
         raise
-    journal.end(run, result=result)
+    journal.end(run, username=result.username, home=result.user_home)
     return result
 
 
@@ -201,7 +196,8 @@ def run_script(
     every process of the run is killed before this returns or raises.
     """
     settings = sandbox or SandboxSettings()
-    run = _run(script, timeout_s, settings, should_stop, _Journal(None, script))
+    journal = Journal(None, script.filename, script.sha256)  # a path of None: no lines
+    run = _run(script, timeout_s, settings, should_stop, journal)
     _raise_if_stopped(script, run, timeout_s, settings.output_cap)
     return run
 
@@ -211,7 +207,7 @@ def _run(
     timeout_s: float,
     settings: SandboxSettings,
     should_stop: Callable[[], bool] | None,
-    journal: _Journal,
+    journal: Journal,
 ) -> ScriptRun:
     payload = script.script.encode("utf-8")
     actual = hashlib.sha256(payload).hexdigest()
@@ -227,7 +223,9 @@ def _run(
     scratch = _make_scratch(chosen.account, script.filename, payload)
     try:
         argv = [*interpreter, os.path.join(scratch, script.filename)]
-        return run_sandboxed(
+        if chosen.isolation is Isolation.JOB_OBJECT:
+            return sandbox_windows.run(chosen, argv, scratch, timeout_s, should_stop)
+        return sandbox_posix.run(
             chosen, argv, scratch=scratch, timeout_s=timeout_s, should_stop=should_stop
         )
     finally:
@@ -343,72 +341,6 @@ def _remove_tree(folder: str) -> None:
         shutil.rmtree(folder, onerror=unlock_and_retry)
     if os.path.lexists(folder):
         log.warning("could not remove the detection script's scratch folder %s", folder)
-
-
-class _Journal:
-    """log/detection.log for support staff: a `start` and an `end` line per run, key=value.
-
-    It goes through the agent's redactor although the script's environment holds no secret:
-    the file quotes what the script printed, and that is not the agent's to trust.
-    """
-
-    def __init__(self, path: Path | None, script: DetectionScript) -> None:
-        self.path = path
-        self.head = {
-            "run": secrets.token_hex(4),  # ties a run's lines together
-            "script": script.filename,
-            "sha256": script.sha256[:12],
-        }
-
-    def start(self, chosen: Plan, timeout_s: float) -> None:
-        account = chosen.account
-        who = account.name if account.switch else f"{account.name} (the agent's own: not root)"
-        self._write(
-            "start", account=who, isolation=chosen.isolation.value, timeout=f"{timeout_s:g}s"
-        )
-
-    def end(
-        self,
-        run: ScriptRun | None,
-        *,
-        result: DetectionResult | None = None,
-        error: DetectionError | None = None,
-    ) -> None:
-        fields: dict[str, str] = {}
-        if run is not None:
-            fields.update(duration=f"{run.duration_s:.2f}s", exit=str(run.exit_code))
-        if error is not None:
-            fields.update(result=error.code, reason=error.message)
-        elif result is not None and result.username is not None:
-            fields.update(result="user", username=result.username, home=str(result.user_home))
-        else:
-            fields["result"] = "no_user"
-        if run is not None and run.stderr.strip():
-            fields["stderr"] = run.stderr.strip()[-STDERR_LOG_CHARS:]
-        self._write("end", **fields)
-
-    def _write(self, event: str, **fields: str) -> None:
-        if self.path is None:
-            return
-        moment = dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
-        text = " ".join(f"{key}={_quote(value)}" for key, value in {**self.head, **fields}.items())
-        record = logging.makeLogRecord({"msg": f"{moment} {event} {text}", "levelno": logging.INFO})
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.handlers.RotatingFileHandler(
-                self.path, maxBytes=DETECTION_LOG_BYTES, backupCount=3, encoding="utf-8"
-            )
-        except OSError as exc:
-            log.warning("could not write %s: %s", self.path, exc)
-            return
-        with contextlib.closing(handler):
-            handler.addFilter(logs.redactor)
-            handler.handle(record)
-
-
-def _quote(value: str) -> str:
-    """A value as one line of text: bare when plain, else repr(), which escapes controls."""
-    return value if _BARE_VALUE.fullmatch(value) else repr(value)
 
 
 def _is_absolute(path: str) -> bool:
