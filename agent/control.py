@@ -22,13 +22,14 @@ import json
 import logging
 import os
 import pwd
+import queue
 import socket
 import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,64 @@ class ControlServer:
             self._slots.release()
 
 
+@dataclass
+class ControlRequest:
+    """A command from the control channel, waiting for the daemon's loop to carry it out."""
+
+    command: str
+    peer: Peer
+    args: dict[str, Any] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class RequestQueue:
+    """Hands requests from control threads to the daemon's loop, the only one that acts."""
+
+    def __init__(self, wake: threading.Event, answer_seconds: float = 20.0) -> None:
+        self._queue: queue.Queue[ControlRequest] = queue.Queue()
+        self._wake = wake
+        self._answer_seconds = answer_seconds
+
+    def submit(self, command: str, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """On a control thread: queue the request, wake the loop, wait for its answer."""
+        request = ControlRequest(command, peer, dict(args))
+        self._queue.put(request)
+        self._wake.set()
+        if not request.done.wait(self._answer_seconds):
+            raise AgentError(f"the agent did not carry out {command} in time")
+        if request.error is not None:
+            raise AgentError(request.error)
+        return request.result
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def drain(self, carry_out: Callable[[ControlRequest], None]) -> None:
+        """On the loop: carry out every waiting request, answering each."""
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                carry_out(request)
+            except AgentError as exc:
+                request.error = exc.message
+            finally:
+                request.done.set()
+
+    def refuse_all(self, reason: str) -> None:
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            request.error = reason
+            request.done.set()
+
+
 def call(
     run_dir: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 30.0
 ) -> dict[str, Any]:
@@ -284,4 +343,14 @@ def call(
     raise AgentError(str(answer.get("message")))
 
 
-__all__ = ["COMMANDS", "ControlServer", "Decision", "Peer", "authorize", "call", "peer_of"]
+__all__ = [
+    "COMMANDS",
+    "ControlRequest",
+    "ControlServer",
+    "Decision",
+    "Peer",
+    "RequestQueue",
+    "authorize",
+    "call",
+    "peer_of",
+]

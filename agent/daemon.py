@@ -8,15 +8,13 @@ reboot) resumes the phase the agent was in.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import queue
 import random
 import signal
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -25,7 +23,7 @@ import psutil
 from agent import __version__, logs
 from agent.config import AgentConfig
 from agent.config import load as load_config
-from agent.control import ControlServer, Peer, authorize
+from agent.control import ControlRequest, ControlServer, Peer, RequestQueue, authorize
 from agent.deploy_args import DeployArgs, read_properties_file
 from agent.detection import DetectionError, DetectionScript, SandboxSettings, detect
 from agent.errors import AgentError, ContactError, PermanentError, Refused, UsageError
@@ -54,31 +52,18 @@ from agent.lifecycle import (
     device_phase,
     step,
 )
+from agent.logs import log_transition
 from agent.paths import AgentPaths
 from agent.policy import Policy, this_os
 from agent.registration import load_credential, register
-from agent.state import load_state, save_state, write_atomic
-from agent.status import collect, read_pid_file
+from agent.state import load_state, save_state
+from agent.status import claim_pid_file, collect
 from agent.transport import AuthorityClient
 
 log = logging.getLogger(logs.LOGGER)
 Clock = Callable[[], dt.datetime]
 UNCONFIGURED_POLL_SECONDS = 60.0
 MAX_SLEEP_SECONDS = 3600.0
-
-
-CONTROL_ANSWER_SECONDS = 20.0
-
-
-@dataclass
-class ControlRequest:
-    """A command from the control channel, waiting for the loop to carry it out."""
-
-    command: str
-    peer: Peer
-    done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
 
 
 def utcnow() -> dt.datetime:
@@ -105,7 +90,7 @@ class Daemon:
         self.args: DeployArgs | None = None
         self.policy: Policy | None = None
         self.identity: Identity | None = None
-        self.requests: queue.Queue[ControlRequest] = queue.Queue()
+        self.requests = RequestQueue(self.wake)
 
     # Signals and the loop
 
@@ -117,7 +102,7 @@ class Daemon:
         self.paths.ensure()
         self.config = load_config(self.paths.agent_yaml)
         logs.setup(self.paths.agent_log, self.config.log_level)
-        self._claim_pid_file()
+        claim_pid_file(self.paths, __version__)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         control = ControlServer(self.paths.run, self._on_control)
@@ -125,7 +110,7 @@ class Daemon:
             self._start()
             control.start()
             while not self.stopping:
-                self._serve_requests()
+                self.requests.drain(self._carry_out)
                 self._unconfigured_poll()
                 self.feed(Tick())
                 if self.requests.empty():
@@ -135,17 +120,9 @@ class Daemon:
             return 0
         finally:
             control.close()
-            self._refuse_waiting_requests()
+            self.requests.refuse_all("the agent is shutting down")
             self.paths.pid_file.unlink(missing_ok=True)
             logs.close()
-
-    def _claim_pid_file(self) -> None:
-        existing = read_pid_file(self.paths)
-        if existing is not None:
-            raise AgentError(f"the agent is already running (pid {existing})")
-        me = psutil.Process()
-        body = {"pid": me.pid, "create_time": me.create_time(), "version": __version__}
-        write_atomic(self.paths.pid_file, (json.dumps(body) + "\n").encode(), mode=0o644)
 
     def _start(self) -> None:
         now = self.clock()
@@ -201,38 +178,19 @@ class Daemon:
         if not decision.allowed:
             log.warning("refused %s from %s: %s", command, peer.describe(), decision.reason)
             raise Refused(f"{command} refused: {decision.reason}")
-        request = ControlRequest(command, peer)
-        self.requests.put(request)
-        self.wake.set()
-        if not request.done.wait(CONTROL_ANSWER_SECONDS):
-            raise AgentError(f"the agent did not carry out {command} in time")
-        if request.error is not None:
-            raise AgentError(request.error)
-        return request.result
+        return self.requests.submit(command, args, peer)
 
-    def _serve_requests(self) -> None:
-        while True:
-            try:
-                request = self.requests.get_nowait()
-            except queue.Empty:
-                return
-            by = f"{request.peer.name} at {_when(self.clock())}"
-            if request.command == "stop":
-                log.info("stop requested by %s", request.peer.describe())
-                self.feed(StopRequested(by))
-            elif request.command == "start":
-                log.info("start requested by %s", request.peer.describe())
-                self.feed(StartRequested(by))
-            else:
-                request.error = f"{request.command} is not available in this release of the agent"
-            request.result = {"phase": self.state.phase.value, "stopped_by": self.state.stopped_by}
-            request.done.set()
-
-    def _refuse_waiting_requests(self) -> None:
-        while not self.requests.empty():
-            request = self.requests.get_nowait()
-            request.error = "the agent is shutting down"
-            request.done.set()
+    def _carry_out(self, request: ControlRequest) -> None:
+        by = f"{request.peer.name} at {_when(self.clock())}"
+        if request.command == "stop":
+            log.info("stop requested by %s", request.peer.describe())
+            self.feed(StopRequested(by))
+        elif request.command == "start":
+            log.info("start requested by %s", request.peer.describe())
+            self.feed(StartRequested(by))
+        else:
+            raise AgentError(f"{request.command} is not available in this release of the agent")
+        request.result = {"phase": self.state.phase.value, "stopped_by": self.state.stopped_by}
 
     # Events in, actions out
 
@@ -249,34 +207,11 @@ class Daemon:
             self.state, actions = step(self.state, current, self.clock(), self.env())
             if self.state != before:
                 save_state(self.paths.state_file, self.state)
-                self._log_transition(before, self.state, current)
+                log_transition(before, self.state, current)
             for action in actions:
                 outcome = self._perform(action)
                 if outcome is not None:
                     queue.append(outcome)
-
-    def _log_transition(self, before: State, after: State, event: Event) -> None:
-        logs.phase_filter.phase = after.phase.value
-        if before.phase != after.phase:
-            log.info(
-                "phase %s -> %s (%s)%s",
-                before.phase.value,
-                after.phase.value,
-                type(event).__name__,
-                f"; next attempt at {_when(after.next_attempt_at)}"
-                if after.next_attempt_at
-                else "",
-            )
-        if isinstance(event, Failed):
-            level = logging.WARNING if after.attempts <= 3 else logging.ERROR
-            log.log(
-                level,
-                "attempt failed: %s (code=%s, attempts=%d); next attempt at %s",
-                event.message,
-                event.code,
-                after.attempts,
-                _when(after.next_attempt_at),
-            )
 
     def _perform(self, action: Action) -> Event | None:
         try:

@@ -15,6 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
+from agent.lifecycle import Event, Failed, State
+
 LOGGER = "holdfast"
 REDACTED = "[redacted]"
 
@@ -96,6 +98,38 @@ def setup(log_file: Path, level: str = "info", console: bool = False) -> logging
     return logger
 
 
+def _when(moment: dt.datetime | None) -> str:
+    return moment.astimezone().isoformat(timespec="seconds") if moment else "-"
+
+
+def log_transition(before: State, after: State, event: Event) -> None:
+    """One line per phase change and per failed attempt, with the next attempt's time."""
+    logger = logging.getLogger(LOGGER)
+    phase_filter.phase = after.phase.value
+    if before.phase != after.phase:
+        upcoming = (
+            f"; next attempt at {_when(after.next_attempt_at)}" if after.next_attempt_at else ""
+        )
+        logger.info(
+            "phase %s -> %s (%s)%s",
+            before.phase.value,
+            after.phase.value,
+            type(event).__name__,
+            upcoming,
+        )
+    if isinstance(event, Failed):
+        # The first failures are warnings; a run of them is an error worth a look.
+        level = logging.WARNING if after.attempts <= 3 else logging.ERROR
+        logger.log(
+            level,
+            "attempt failed: %s (code=%s, attempts=%d); next attempt at %s",
+            event.message,
+            event.code,
+            after.attempts,
+            _when(after.next_attempt_at),
+        )
+
+
 def close() -> None:
     logger = logging.getLogger(LOGGER)
     for handler in logger.handlers:
@@ -103,4 +137,13 @@ def close() -> None:
     logger.handlers[:] = []
 
 
-__all__ = ["LOGGER", "REDACTED", "Redactor", "close", "phase_filter", "redactor", "setup"]
+__all__ = [
+    "LOGGER",
+    "REDACTED",
+    "Redactor",
+    "close",
+    "log_transition",
+    "phase_filter",
+    "redactor",
+    "setup",
+]

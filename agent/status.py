@@ -10,11 +10,11 @@ from typing import Any
 import psutil
 
 from agent.deploy_args import read_properties_file
-from agent.errors import UsageError
+from agent.errors import AgentError, UsageError
 from agent.identity import IDENTITY_VERSION
 from agent.lifecycle import Phase, State
 from agent.paths import AgentPaths
-from agent.state import StateError, load_state, read_json
+from agent.state import StateError, load_state, read_json, write_atomic
 
 _WAITING_FOR = {
     Phase.UNCONFIGURED: "installer arguments (deploy.properties or run --deploy-args)",
@@ -37,6 +37,16 @@ def read_pid_file(paths: AgentPaths) -> int | None:
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return None
     return pid if os.getpid() != pid else None
+
+
+def claim_pid_file(paths: AgentPaths, version: str) -> None:
+    """Record this process as the running daemon; refuses when another one runs."""
+    existing = read_pid_file(paths)
+    if existing is not None:
+        raise AgentError(f"the agent is already running (pid {existing})")
+    me = psutil.Process()
+    body = {"pid": me.pid, "create_time": me.create_time(), "version": version}
+    write_atomic(paths.pid_file, (json.dumps(body) + "\n").encode(), mode=0o644)
 
 
 def _iso(moment: dt.datetime | None) -> str | None:
@@ -120,4 +130,4 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(line for line in lines if line)
 
 
-__all__ = ["collect", "read_pid_file", "render"]
+__all__ = ["claim_pid_file", "collect", "read_pid_file", "render"]
