@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", parents=[home], help="stop backups until `holdfast start`")
     sub.add_parser("start", parents=[home], help="resume where the agent was stopped")
     sub.add_parser("tray", parents=[home], help="the tray icon (status, Stop, Start, ...)")
+    login = sub.add_parser("login", parents=[home], help="sign in: manual registration")
+    login.add_argument(
+        "--username", metavar="NAME", help="who signs in (default: the user detected here)"
+    )
     install = sub.add_parser("install", help="install and start the system service")
     install.add_argument("--deploy-args", required=True, metavar="S", help="the CP_ARGS string")
     uninstall = sub.add_parser("uninstall", help="stop and remove the system service")
@@ -149,6 +153,12 @@ def _tray(paths: AgentPaths) -> int:
     return tray_main(paths)
 
 
+def _login(args: argparse.Namespace, paths: AgentPaths) -> int:
+    from agent.login import login
+
+    return login(paths, args.username)
+
+
 def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> int:
     handlers: dict[str, Callable[[], int]] = {
         "run": lambda: _run(args, paths, words),
@@ -156,6 +166,7 @@ def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> 
         "stop": lambda: _control("stop", paths),
         "start": lambda: _control("start", paths),
         "tray": lambda: _tray(paths),
+        "login": lambda: _login(args, paths),
         "install": lambda: _service(args),
         "uninstall": lambda: _service(args),
     }

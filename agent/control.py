@@ -44,8 +44,12 @@ CLIENT_DEADLINE_SECONDS = 5.0
 MAX_CLIENTS = 16
 COMMANDS = ("status", "stop", "start", "backup-now", "sign-in")
 # Commands a non-administrator may ever ask for; status is harmless, stop/start are the
-# user's right unless the policy says otherwise.
+# user's right unless the policy says otherwise. sign-in has a rule of its own (authorize).
 USER_COMMANDS = ("status", "stop", "start", "backup-now")
+# How long a control thread waits for the loop to carry a command out; a sign-in waits for the
+# authority too (and, through it, for an LDAP directory).
+ANSWER_SECONDS = 20.0
+SIGN_IN_ANSWER_SECONDS = 90.0
 
 
 @dataclass(frozen=True)
@@ -100,17 +104,27 @@ def authorize(
     registered_username: str | None,
     console_users: Iterable[str],
     allow_user_stop: bool,
+    detected_username: str | None = None,
+    detected_user_home: str | None = None,
 ) -> Decision:
     """Who may do what (pure, so every rule is tested without sockets).
 
     root may do anything; the device's registered user (before registration: anyone with a
     local session) may check status, stop, start and ask for a backup, unless the policy
     forbids user stop; anyone else is refused.
+
+    sign-in (manual registration) is for root, and for a user with a session who is the user
+    detection found, when it found one: a sign-in makes the device, and the detected home
+    the daemon reads as root, someone's backup, so another local user must not sign it into
+    their own account and restore that home's files from it. The password proves the account.
     """
     if peer.uid == 0:
         return Decision(True, "administrator")
     if command == "status":
         return Decision(True, "status is for everyone on the device")
+    if command == "sign-in":
+        refusal = _sign_in_refusal(peer, detected_username, detected_user_home, set(console_users))
+        return Decision(refusal is None, refusal or "the device's user")
     refusal = _user_refusal(
         command, peer, registered_user_home, registered_username, set(console_users)
     )
@@ -129,12 +143,30 @@ def _user_refusal(
     if command not in USER_COMMANDS:
         return f"only an administrator may use {command}"
     if registered_user_home or registered_username:
-        local_part = (registered_username or "").partition("@")[0]
-        by_home = registered_user_home is not None and peer.home == registered_user_home
-        if not by_home and peer.name not in (registered_username, local_part):
+        if not _is_user(peer, registered_username, registered_user_home):
             return f"{peer.name} is not this device's user"
     elif peer.name not in console_users:
         return f"{peer.name} has no session on this device"
+    return None
+
+
+def _is_user(peer: Peer, username: str | None, user_home: str | None) -> bool:
+    """Whether `peer` is the account named by a username (or its e-mail local part) or home."""
+    local_part = (username or "").partition("@")[0]
+    by_home = user_home is not None and peer.home == user_home
+    return by_home or (username is not None and peer.name in (username, local_part))
+
+
+def _sign_in_refusal(
+    peer: Peer, username: str | None, user_home: str | None, console_users: set[str]
+) -> str | None:
+    if peer.name not in console_users:
+        return f"{peer.name} has no session on this device"
+    if (username or user_home) and not _is_user(peer, username, user_home):
+        return (
+            f"{peer.name} is not the user detected on this device ({username}); "
+            "that user, or an administrator, may sign in"
+        )
     return None
 
 
@@ -229,6 +261,8 @@ class ControlServer:
             except Refused as exc:
                 log.warning("control: refused %s", exc.message)
                 _reply(conn, {"ok": False, "code": "refused", "message": exc.message})
+            except UsageError as exc:
+                _reply(conn, {"ok": False, "code": "usage", "message": exc.message})
             except AgentError as exc:
                 _reply(conn, {"ok": False, "code": "bad_request", "message": exc.message})
             except OSError:
@@ -248,29 +282,37 @@ class ControlRequest:
 
     command: str
     peer: Peer
-    args: dict[str, Any] = field(default_factory=dict)
+    # Out of repr: a sign-in's arguments carry the user's password.
+    args: dict[str, Any] = field(default_factory=dict, repr=False)
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
+    error: AgentError | None = None  # raised again on the control thread, its kind kept
 
 
 class RequestQueue:
     """Hands requests from control threads to the daemon's loop, the only one that acts."""
 
-    def __init__(self, wake: threading.Event, answer_seconds: float = 20.0) -> None:
+    def __init__(self, wake: threading.Event, answer_seconds: float = ANSWER_SECONDS) -> None:
         self._queue: queue.Queue[ControlRequest] = queue.Queue()
         self._wake = wake
         self._answer_seconds = answer_seconds
 
     def submit(self, command: str, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        """On a control thread: queue the request, wake the loop, wait for its answer."""
+        """On a control thread: queue the request, wake the loop, wait for its answer.
+
+        The loop's error is raised here with its kind (usage, refusal, failure), which
+        decides the code the client gets and so the command's exit code.
+        """
         request = ControlRequest(command, peer, dict(args))
         self._queue.put(request)
         self._wake.set()
-        if not request.done.wait(self._answer_seconds):
+        wait = self._answer_seconds
+        if command == "sign-in":
+            wait = max(wait, SIGN_IN_ANSWER_SECONDS)
+        if not request.done.wait(wait):
             raise AgentError(f"the agent did not carry out {command} in time")
         if request.error is not None:
-            raise AgentError(request.error)
+            raise request.error
         return request.result
 
     def empty(self) -> bool:
@@ -286,8 +328,9 @@ class RequestQueue:
             try:
                 carry_out(request)
             except AgentError as exc:
-                request.error = exc.message
+                request.error = exc
             finally:
+                request.args.clear()  # a password lives no longer than its request
                 request.done.set()
 
     def refuse_all(self, reason: str) -> None:
@@ -296,14 +339,16 @@ class RequestQueue:
                 request = self._queue.get_nowait()
             except queue.Empty:
                 return
-            request.error = reason
+            request.args.clear()
+            request.error = AgentError(reason)
             request.done.set()
 
 
 def call(
     run_dir: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 30.0
 ) -> dict[str, Any]:
-    """Ask the daemon; its result, or DaemonUnavailable (exit 3) / Refused (exit 4)."""
+    """Ask the daemon; its result, or DaemonUnavailable (exit 3) / Refused (exit 4) /
+    UsageError (exit 2) / AgentError (exit 1)."""
     path = run_dir / SOCKET_NAME
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -340,11 +385,15 @@ def call(
         return result
     if answer.get("code") == "refused":
         raise Refused(str(answer.get("message")))
+    if answer.get("code") == "usage":
+        raise UsageError(str(answer.get("message")))
     raise AgentError(str(answer.get("message")))
 
 
 __all__ = [
+    "ANSWER_SECONDS",
     "COMMANDS",
+    "SIGN_IN_ANSWER_SECONDS",
     "ControlRequest",
     "ControlServer",
     "Decision",

@@ -42,6 +42,7 @@ from agent.lifecycle import (
     Register,
     Registered,
     RunDetection,
+    SignedIn,
     StartBackups,
     Started,
     StartRequested,
@@ -55,7 +56,7 @@ from agent.lifecycle import (
 from agent.logs import log_transition
 from agent.paths import AgentPaths
 from agent.policy import Policy, this_os
-from agent.registration import load_credential, register
+from agent.registration import load_credential, register, sign_in, sign_in_failure
 from agent.state import load_state, save_state
 from agent.status import claim_pid_file, collect
 from agent.transport import AuthorityClient
@@ -174,6 +175,8 @@ class Daemon:
             registered_username=self.state.username if self.state.registered_at else None,
             console_users=(u.name for u in psutil.users()),
             allow_user_stop=bool(settings.get("allow_user_stop", True)),
+            detected_username=self.state.username,
+            detected_user_home=self.state.user_home,
         )
         if not decision.allowed:
             log.warning("refused %s from %s: %s", command, peer.describe(), decision.reason)
@@ -188,6 +191,9 @@ class Daemon:
         elif request.command == "start":
             log.info("start requested by %s", request.peer.describe())
             self.feed(StartRequested(by))
+        elif request.command == "sign-in":
+            request.result = self._sign_in(request)
+            return
         else:
             raise AgentError(f"{request.command} is not available in this release of the agent")
         request.result = {"phase": self.state.phase.value, "stopped_by": self.state.stopped_by}
@@ -377,6 +383,40 @@ class Daemon:
         )
         return UserDetected(result.username, result.user_home)
 
+    def _sign_in(self, request: ControlRequest) -> dict[str, Any]:
+        """Manual registration, on the loop; the password lives only in `request.args`."""
+        phase, home = self.state.phase, self.state.user_home
+        if phase != Phase.AWAITING_SIGN_IN:
+            raise UsageError(f"this device does not need a sign-in (phase {phase.value})")
+        if self.args is None or self.identity is None or home is None:
+            raise AgentError("this device cannot sign in yet: no installer arguments or user")
+        log.info("sign-in requested by %s", request.peer.describe())
+        try:
+            with self._client() as client:
+                result = sign_in(
+                    client,
+                    token=self.args.token,
+                    identity=self.identity,
+                    report=self._report(),
+                    given=request.args,
+                    user_home=home,
+                    credential_path=self.paths.credential,
+                )
+        except ContactError as exc:
+            self._renew_if_cloned(exc)
+            raise sign_in_failure(exc) from None
+        log.info("signed in: device %s registered to %r", result.device_guid, result.username)
+        self.feed(SignedIn(result.username, home, result.registered_at))
+        return {"phase": self.state.phase.value, "username": self.state.username}
+
+    def _renew_if_cloned(self, exc: ContactError) -> None:
+        if exc.code == "device_cloned" and self.identity is not None:
+            self.identity = renew(self.paths.identity, self.identity.hardware_id, self.clock())
+            log.warning(
+                "the authority knows this GUID from other hardware; new identity %s",
+                self.identity.guid,
+            )
+
     def _register(self, action: Register) -> Event:
         assert self.args is not None and self.identity is not None
         log.info("registering device %s as %r", self.identity.guid, action.username)
@@ -392,18 +432,16 @@ class Daemon:
                     credential_path=self.paths.credential,
                 )
         except PermanentError as exc:
-            if exc.code == "device_cloned":
-                self.identity = renew(self.paths.identity, self.identity.hardware_id, self.clock())
-                log.warning(
-                    "the authority knows this GUID from other hardware; new identity %s",
-                    self.identity.guid,
-                )
+            self._renew_if_cloned(exc)
             raise
         log.info(
             "registered device %s to %r in organization %r",
             result.device_guid,
             result.username,
             result.org,
+        )
+        self.state = replace(
+            self.state, facts={**self.state.facts, "registration_warning": result.warning}
         )
         return Registered(result.username, action.user_home, result.registered_at)
 

@@ -10,11 +10,16 @@ outcomes back as events.
                             ▲  │ every policy_retry     │ every registration_retry:
                             │  ▼                        │ fetch policy, detect, register
                             └── policy gone for good ◀──┘
-                                   manual policy ──▶ AWAITING_SIGN_IN
+                                   user detected, manual policy
+                                        ▼
+                                   AWAITING_SIGN_IN ──signed in──▶ BACKING_UP
     any phase ──stop──▶ STOPPED ──start──▶ the phase it was stopped in, a fresh attempt at once
 
 An attempt in AWAITING_REGISTRATION is three actions in a row: FetchPolicy, RunDetection,
-Register. Any failure ends the attempt and schedules the next one.
+Register. Any failure ends the attempt and schedules the next one. Under a manual policy the
+attempt stops after detection: the detected user is who the sign-in prompt suggests, and their
+home is what will be backed up; AWAITING_SIGN_IN then waits, with no attempt scheduled, for a
+user to sign in (`holdfast login`), which the daemon reports as SignedIn.
 """
 
 from __future__ import annotations
@@ -128,6 +133,15 @@ class Registered:
 
 
 @dataclass(frozen=True)
+class SignedIn:
+    """A user signed in (manual registration) and the authority registered the device."""
+
+    username: str
+    user_home: str
+    registered_at: str
+
+
+@dataclass(frozen=True)
 class CheckedIn:
     org: str
 
@@ -157,6 +171,7 @@ Event = (
     | Failed
     | UserDetected
     | Registered
+    | SignedIn
     | CheckedIn
     | CredentialRejected
     | StopRequested
@@ -274,7 +289,12 @@ Result = tuple[State, list[Action]]
 
 
 def _on_started(state: State, event: Started, now: dt.datetime, env: Env) -> Result:
-    if state.phase == Phase.STOPPED:
+    if state.phase == Phase.STOPPED or (
+        state.phase == Phase.AWAITING_SIGN_IN and state.user_home is not None
+    ):
+        # Nothing to retry: a stop lasts until `start`, and a sign-in waits for the user, whose
+        # detected name and home are already in the state (a reboot does not ask again). A
+        # state saved in AWAITING_SIGN_IN before detection (an older agent) detects first.
         return replace(state, step=Step.IDLE, next_attempt_at=None), []
     if state.phase == Phase.UNCONFIGURED:
         if not event.configured:
@@ -306,13 +326,12 @@ def _on_policy_found(state: State, event: PolicyFound, now: dt.datetime, env: En
     if state.step != Step.FETCHING_POLICY:
         return state, []
     found = replace(state, org=event.org, registration=event.registration)
-    if event.registration == "manual":
-        if state.phase == Phase.AWAITING_SIGN_IN:
-            return replace(found, step=Step.IDLE, next_attempt_at=None), []
-        # AWAITING_POLICY / AWAITING_REGISTRATION -> AWAITING_SIGN_IN
-        return _enter(found, Phase.AWAITING_SIGN_IN, now, next_attempt_at=None), []
-    if state.phase in (Phase.AWAITING_POLICY, Phase.AWAITING_SIGN_IN):
-        # AWAITING_POLICY -> AWAITING_REGISTRATION, detection at once
+    if state.phase == Phase.AWAITING_POLICY:
+        # AWAITING_POLICY -> AWAITING_REGISTRATION, detection at once; a manual policy too,
+        # since the detected user is who the sign-in is for
+        found = _enter(found, Phase.AWAITING_REGISTRATION, now)
+    elif state.phase == Phase.AWAITING_SIGN_IN and event.registration != "manual":
+        # AWAITING_SIGN_IN -> AWAITING_REGISTRATION: the policy became silent
         found = _enter(found, Phase.AWAITING_REGISTRATION, now)
     return replace(found, step=Step.DETECTING), [RunDetection()]
 
@@ -320,13 +339,20 @@ def _on_policy_found(state: State, event: PolicyFound, now: dt.datetime, env: En
 def _on_user_detected(state: State, event: UserDetected, now: dt.datetime, env: Env) -> Result:
     if state.step != Step.DETECTING:
         return state, []
-    return replace(state, step=Step.REGISTERING), [Register(event.username, event.user_home)]
+    if state.registration != "manual":
+        return replace(state, step=Step.REGISTERING), [Register(event.username, event.user_home)]
+    detected = replace(state, username=event.username, user_home=event.user_home)
+    if state.phase == Phase.AWAITING_SIGN_IN:
+        # Detected again (a start after a stop): still waiting for the user, not failing.
+        waiting = replace(detected, attempts=0, last_error=None, last_error_code=None)
+        return replace(waiting, step=Step.IDLE, next_attempt_at=None), []
+    # AWAITING_REGISTRATION -> AWAITING_SIGN_IN: nothing is retried while the user is awaited
+    return _enter(detected, Phase.AWAITING_SIGN_IN, now, next_attempt_at=None), []
 
 
-def _on_registered(state: State, event: Registered, now: dt.datetime, env: Env) -> Result:
-    if state.step != Step.REGISTERING:
-        return state, []
-    # AWAITING_REGISTRATION -> BACKING_UP
+def _into_backing_up(
+    state: State, event: Registered | SignedIn, now: dt.datetime, env: Env
+) -> Result:
     entered = _enter(
         state,
         Phase.BACKING_UP,
@@ -337,6 +363,20 @@ def _on_registered(state: State, event: Registered, now: dt.datetime, env: Env) 
     )
     next_check = _after(now, env.timings.backup_interval, env, None)
     return replace(entered, next_attempt_at=next_check), [StartBackups()]
+
+
+def _on_registered(state: State, event: Registered, now: dt.datetime, env: Env) -> Result:
+    if state.step != Step.REGISTERING:
+        return state, []
+    # AWAITING_REGISTRATION -> BACKING_UP
+    return _into_backing_up(state, event, now, env)
+
+
+def _on_signed_in(state: State, event: SignedIn, now: dt.datetime, env: Env) -> Result:
+    if state.phase != Phase.AWAITING_SIGN_IN:
+        return state, []
+    # AWAITING_SIGN_IN -> BACKING_UP
+    return _into_backing_up(state, event, now, env)
 
 
 def _on_checked_in(state: State, event: CheckedIn, now: dt.datetime, env: Env) -> Result:
@@ -409,6 +449,7 @@ _HANDLERS: dict[type, Callable[[State, Any, dt.datetime, Env], Result]] = {
     PolicyFound: _on_policy_found,
     UserDetected: _on_user_detected,
     Registered: _on_registered,
+    SignedIn: _on_signed_in,
     CheckedIn: _on_checked_in,
     CredentialRejected: _on_credential_rejected,
     Failed: _on_failed,
@@ -443,6 +484,7 @@ __all__ = [
     "Register",
     "Registered",
     "RunDetection",
+    "SignedIn",
     "StartBackups",
     "StartRequested",
     "Started",

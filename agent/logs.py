@@ -3,7 +3,8 @@
 Each line: time with offset, level, the phase, and a sentence with key=value context.
 Redaction happens in a filter on every handler, so a secret reaches no log file whatever
 a later change writes: the token and the device credential are registered with
-`Redactor.add` as soon as they are known.
+`Redactor.add` as soon as they are known, a user's password for the length of the sign-in
+that carries it (then `Redactor.discard`, so the daemon does not keep it in memory).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class Redactor(logging.Filter):
         if secret and len(secret) >= 6:
             with self._lock:
                 self._secrets.add(secret)
+
+    def discard(self, secret: str | None) -> None:
+        """Forget a secret that was only needed for a while (a password during a sign-in)."""
+        with self._lock:
+            self._secrets.discard(secret or "")
 
     def scrub(self, text: str) -> str:
         with self._lock:

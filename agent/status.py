@@ -100,6 +100,7 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
         "resume_phase": state.resume_phase.value if state.resume_phase else None,
         "last_backup": None,
         "tray_hidden": bool(state.facts.get("cloaked", False)),
+        "registration_warning": state.facts.get("registration_warning"),
         "problems": problems,
     }
 
@@ -126,6 +127,8 @@ def render(status: dict[str, Any]) -> str:
     ]
     if status["stopped_by"]:
         lines.append(f"Stopped by:     {status['stopped_by']}")
+    if status.get("registration_warning"):
+        lines.append(f"Warning:        {status['registration_warning']}")
     lines += [f"Problem:        {p}" for p in status["problems"]]
     return "\n".join(line for line in lines if line)
 

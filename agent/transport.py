@@ -139,6 +139,10 @@ class AuthorityClient:
     def register(self, token: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.post("/api/v1/deploy/register", body, {"X-Deployment-Token": token})
 
+    def sign_in(self, token: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Manual registration: `body` carries the user's password, which goes nowhere else."""
+        return self.post("/api/v1/deploy/sign-in", body, {"X-Deployment-Token": token})
+
     def device_policy(self, credential: str, report: dict[str, Any]) -> dict[str, Any]:
         return self.post("/api/v1/device/policy", report, {"Authorization": f"Bearer {credential}"})
 

@@ -13,14 +13,14 @@ from typing import Any
 
 from sqlalchemy import select
 
+from authority.attempts import attempt_summary, device_rows, list_attempts
 from authority.datadir import DataDir, ServerConfig, write_atomic
-from authority.db import Database, Device, Organization, create_schema
+from authority.db import Database, Device, create_schema
 from authority.errors import InvalidInput
 from authority.orgs import (
     LdapSettings,
     create_org,
     deactivate_org,
-    find_org,
     list_orgs,
     org_summary,
 )
@@ -32,7 +32,6 @@ from authority.policies import (
     rotate_token,
     set_settings,
 )
-from authority.registration import device_summary
 from authority.scripts import load_script
 from authority.tls import CertificateStore
 from authority.users import list_users, reset_password, user_summary
@@ -117,7 +116,9 @@ class Admin:
 
     @cached_property
     def db(self) -> Database:
-        return Database(self.data.database_url)
+        db = Database(self.data.database_url)
+        create_schema(db.engine)  # a data folder from an earlier release gains what is new
+        return db
 
     # TLS
 
@@ -227,12 +228,15 @@ class Admin:
 
     def device_list(self, org: str | None, pending: bool) -> list[dict[str, Any]]:
         with self.db.transaction() as s:
-            query = select(Device).join(Organization).order_by(Device.first_seen_at)
-            if org:
-                query = query.where(Device.org_id == find_org(s, org).id)
-            if pending:
-                query = query.where(Device.registered_at.is_(None))
-            return [device_summary(d) for d in s.scalars(query)]
+            return device_rows(s, org, pending)
+
+    def device_attempts(
+        self, org: str | None, device: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        with self.db.transaction() as s:
+            return [
+                attempt_summary(a) for a in list_attempts(s, org=org, device=device, limit=limit)
+            ]
 
 
 def _quote(text: str) -> str:

@@ -25,8 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from authority import __version__
 from authority.api import admin_routes, agent_routes
 from authority.datadir import DataDir
-from authority.db import Database
-from authority.errors import AuthorityError, Unavailable
+from authority.db import Database, create_schema
+from authority.errors import AuthorityError, TooManyAttempts, Unavailable
 from authority.tls import CertificateStore
 
 log = logging.getLogger("authority")
@@ -148,13 +148,14 @@ def create_app(data: DataDir, limits: Limits | None = None) -> FastAPI:
     )
     app.state.data = data
     app.state.db = Database(data.database_url)
+    create_schema(app.state.db.engine)  # a data folder from an earlier release gains what is new
     app.state.certs = CertificateStore(data)
     app.state.limits = limits
 
     @app.exception_handler(AuthorityError)
     async def on_authority_error(request: Request, exc: AuthorityError) -> JSONResponse:
         headers = {}
-        if isinstance(exc, Unavailable):
+        if isinstance(exc, Unavailable | TooManyAttempts):
             headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse(
             error_body(exc.code, exc.message, _request_id(request)), exc.status, headers=headers

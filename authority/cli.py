@@ -18,7 +18,15 @@ from authority.admin import Admin, init_data
 from authority.datadir import DEFAULT_PORT, ENV_DATA, DataDir
 from authority.errors import AuthorityError, InvalidInput
 from authority.orgs import AUTH_METHODS, DEFAULT_LDAP_FILTER, LdapSettings
-from authority.views import format_devices, format_orgs, format_tls, format_users, print_policy
+from authority.user_admin import user_create
+from authority.views import (
+    format_attempts,
+    format_devices,
+    format_orgs,
+    format_tls,
+    format_users,
+    print_policy,
+)
 
 Handler = Callable[[Admin, argparse.Namespace], None]
 
@@ -57,6 +65,11 @@ def _serve(admin: Admin, args: argparse.Namespace) -> None:
     serve(admin.data, args.host, port, args.max_concurrency, args.retry_after)
 
 
+def _absolute(text: str) -> str:
+    # Stored for `serve`, which may run from another folder than this command.
+    return os.path.abspath(text)
+
+
 def _org_create(admin: Admin, args: argparse.Namespace) -> None:
     ldap = None
     ldap_options = (
@@ -65,6 +78,8 @@ def _org_create(admin: Admin, args: argparse.Namespace) -> None:
         args.ldap_bind_dn,
         args.ldap_bind_password_file,
         args.ldap_user_filter,
+        args.ldap_starttls,
+        args.ldap_ca_file,
     )
     if any(ldap_options):
         if args.auth != "ldap":
@@ -77,6 +92,8 @@ def _org_create(admin: Admin, args: argparse.Namespace) -> None:
             bind_dn=args.ldap_bind_dn,
             bind_password_file=args.ldap_bind_password_file,
             user_filter=args.ldap_user_filter or DEFAULT_LDAP_FILTER,
+            starttls=args.ldap_starttls,
+            ca_file=args.ldap_ca_file,
         )
     print(admin.org_create(args.name, args.auth, args.parent, ldap))
 
@@ -96,7 +113,11 @@ HANDLERS: dict[str, Handler] = {
     "policy delete": lambda adm, a: print(adm.policy_delete(a.org)),
     "user list": lambda adm, a: _emit(a, adm.user_list(a.org), format_users),
     "user reset-password": lambda adm, a: print(adm.user_reset_password(a.name, a.org)),
+    "user create": lambda adm, a: print(user_create(adm, a.name, a.org)),
     "device list": lambda adm, a: _emit(a, adm.device_list(a.org, a.pending), format_devices),
+    "device attempts": lambda adm, a: _emit(
+        a, adm.device_attempts(a.org, a.device, a.limit), format_attempts
+    ),
 }
 
 
@@ -155,11 +176,25 @@ def _add_org_commands(b: _Builder, sub: Any) -> None:
     p.add_argument(
         "--parent", metavar="NAME", help="parent organization (policies are not inherited)"
     )
-    p.add_argument("--ldap-url")
-    p.add_argument("--ldap-base-dn")
-    p.add_argument("--ldap-bind-dn")
-    p.add_argument("--ldap-bind-password-file")
-    p.add_argument("--ldap-user-filter", help=f"default: {DEFAULT_LDAP_FILTER}")
+    p.add_argument("--ldap-url", help="ldap://host[:port] or ldaps://host[:port]")
+    p.add_argument("--ldap-base-dn", help="where users are searched (the whole subtree)")
+    p.add_argument("--ldap-bind-dn", help="the account the authority searches as")
+    p.add_argument("--ldap-bind-password-file", type=_absolute, help="a file holding its password")
+    p.add_argument(
+        "--ldap-user-filter",
+        help=f"{{username}} is replaced by the escaped username (default: {DEFAULT_LDAP_FILTER})",
+    )
+    p.add_argument(
+        "--ldap-starttls",
+        action="store_true",
+        help="upgrade an ldap:// connection with StartTLS (ldaps:// is TLS already)",
+    )
+    p.add_argument(
+        "--ldap-ca-file",
+        type=_absolute,
+        metavar="PEM",
+        help="CA certificates for the directory's TLS (default: the system's)",
+    )
     b.add(org, "list", "org list", "list organizations", json_out=True)
     p = b.add(org, "deactivate", "org deactivate", "deactivate an organization (its policy stops)")
     p.add_argument("name")
@@ -198,6 +233,9 @@ def _add_people_commands(b: _Builder, sub: Any) -> None:
     usr = sub.add_parser("user", help="users").add_subparsers(required=True, metavar="ACTION")
     p = b.add(usr, "list", "user list", "list users", json_out=True)
     p.add_argument("--org")
+    p = b.add(usr, "create", "user create", "create a local user and print its password once")
+    p.add_argument("name")
+    p.add_argument("--org", required=True)
     p = b.add(usr, "reset-password", "user reset-password", "set and print a new password")
     p.add_argument("name")
     p.add_argument("--org")
@@ -205,6 +243,12 @@ def _add_people_commands(b: _Builder, sub: Any) -> None:
     p = b.add(dev, "list", "device list", "list devices", json_out=True)
     p.add_argument("--org")
     p.add_argument("--pending", action="store_true", help="only devices not registered yet")
+    p = b.add(
+        dev, "attempts", "device attempts", "registration attempts, newest first", json_out=True
+    )
+    p.add_argument("--org")
+    p.add_argument("--device", metavar="GUID")
+    p.add_argument("--limit", type=_positive, default=50, help="at most N (default 50)")
 
 
 def build_parser() -> argparse.ArgumentParser:

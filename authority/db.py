@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -23,6 +24,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import (
@@ -139,6 +142,9 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(256), default=None)
     # True while the password was generated at registration and never shown to anyone.
     password_hidden: Mapped[bool] = mapped_column(Boolean, default=True)
+    # SSO: a device registered with a username no SSO user had, so this user was made for it.
+    # Nobody can sign in as it, or restore its devices, until the mapping is fixed.
+    needs_mapping: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     org: Mapped[Organization] = relationship()
@@ -170,6 +176,25 @@ class Device(Base):
     user: Mapped[User | None] = relationship()
 
 
+class RegistrationAttempt(Base):
+    """One call of deploy/register and how it ended: why an installed device is not registered.
+
+    Written in its own transaction, so a refused registration, whose own transaction rolled
+    back, is recorded all the same. No foreign keys: a refusal can name a GUID the authority
+    has never seen, and the record must outlive what it names.
+    """
+
+    __tablename__ = "registration_attempts"
+    __table_args__ = (Index("ix_registration_attempts_device", "device_guid", "id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    device_guid: Mapped[str] = mapped_column(String(64))
+    org_name: Mapped[str] = mapped_column(String(128), index=True)
+    username: Mapped[str] = mapped_column(String(256))
+    outcome: Mapped[str] = mapped_column(String(64))  # `registered...` or the error code
+    message: Mapped[str] = mapped_column(String(1024))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -189,9 +214,36 @@ def make_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
+    """Create what is missing: new tables, and new columns of existing tables.
+
+    A data folder made by an earlier release gains the tables and columns added since, so
+    an upgrade needs no manual step. Only additions happen here; a change that is not an
+    addition needs a real migration.
+    """
     Base.metadata.create_all(engine)
+    existing = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    conn.execute(text(_add_column(table.name, column, engine)))
     with Session(engine) as s, s.begin():
         s.merge(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+
+
+def _add_column(table: str, column: Any, engine: Engine) -> str:
+    ddl = f"ALTER TABLE {table} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+    default = (
+        column.default.arg if column.default is not None and column.default.is_scalar else None
+    )
+    if isinstance(default, bool):
+        return f"{ddl} NOT NULL DEFAULT {int(default)}"
+    if isinstance(default, int | float):
+        return f"{ddl} NOT NULL DEFAULT {default}"
+    if isinstance(default, str):
+        return f"{ddl} NOT NULL DEFAULT '{default.replace(chr(39), chr(39) * 2)}'"
+    return ddl
 
 
 class Database:
@@ -218,9 +270,33 @@ __all__ = [
     "Device",
     "Organization",
     "Policy",
+    "RegistrationAttempt",
     "RetiredToken",
     "User",
     "create_schema",
     "make_engine",
     "utcnow",
 ]
+
+
+# Appended after the rest: the sign-in lockout's table (authority/sign_in.py).
+
+
+class SignInFailures(Base):
+    """Recent failed sign-ins of one username in one organization, for the lockout.
+
+    Kept whether or not such a user exists, so the answer tells nobody which names do; the
+    username is casefolded, so `Alice` and `alice` share one count.
+    """
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (UniqueConstraint("org_id", "username"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
+    username: Mapped[str] = mapped_column(String(256))
+    # ISO-8601 times of the failures still inside the counting window, oldest first.
+    failed_at: Mapped[list[str]] = mapped_column(JSON, default=list)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+__all__ += ["SignInFailures"]

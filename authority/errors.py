@@ -8,6 +8,7 @@
     ├── Unauthorized               exit 2, HTTP 401  missing or wrong credential
     ├── Forbidden                  exit 4, HTTP 403  deactivated organization, manual policy
     ├── Gone                       exit 2, HTTP 410  a deleted policy's token
+    ├── TooManyAttempts            exit 4, HTTP 429  sign-in locked after failures; Retry-After
     ├── NotImplementedYet          exit 1, HTTP 501  a capability a later release brings
     └── Unavailable                exit 1, HTTP 503  overload, unexpected failure, port in use
 
@@ -74,6 +75,18 @@ class Gone(AuthorityError):
     default_code = "gone"
 
 
+class TooManyAttempts(AuthorityError):
+    """Refused for a while, not for good: `retry_after` seconds, sent as Retry-After."""
+
+    status = 429
+    exit_code = 4
+    default_code = "too_many_attempts"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
 class NotImplementedYet(AuthorityError):
     status = 501
     exit_code = 1
@@ -99,6 +112,7 @@ __all__ = [
     "NotFound",
     "NotImplementedYet",
     "NotInitialised",
+    "TooManyAttempts",
     "Unauthorized",
     "Unavailable",
 ]

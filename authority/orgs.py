@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from ldap3.core.exceptions import LDAPException
+from ldap3.operation.search import parse_filter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -18,28 +23,70 @@ DEFAULT_LDAP_FILTER = "(&(objectClass=inetOrgPerson)(uid={username}))"
 
 @dataclass(frozen=True)
 class LdapSettings:
+    """How the authority reaches an organization's directory (`org create --ldap-*`)."""
+
     url: str
     base_dn: str
     bind_dn: str | None = None
     bind_password_file: str | None = None
     user_filter: str = DEFAULT_LDAP_FILTER
+    starttls: bool = False
+    ca_file: str | None = None
+
+    @property
+    def ldaps(self) -> bool:
+        return self.url.lower().startswith("ldaps://")
 
     def validate(self) -> None:
         if not self.url.lower().startswith(("ldap://", "ldaps://")):
             raise InvalidInput(f"--ldap-url {self.url!r}: must start with ldap:// or ldaps://")
+        try:
+            urlsplit(self.url).port  # noqa: B018  (parsing is the check)
+        except ValueError:
+            raise InvalidInput(f"--ldap-url {self.url!r}: the port is not a number") from None
+        if not urlsplit(self.url).hostname:
+            raise InvalidInput(f"--ldap-url {self.url!r}: no host name")
         if not self.base_dn.strip():
             raise InvalidInput("--ldap-base-dn: must not be empty")
-        if "{username}" not in self.user_filter:
-            raise InvalidInput(
-                f"--ldap-user-filter {self.user_filter!r}: must contain {{username}}, "
-                "where the detected username goes"
-            )
+        self._validate_filter()
         if self.bind_dn and not self.bind_password_file:
             raise InvalidInput("--ldap-bind-dn needs --ldap-bind-password-file")
         if self.bind_password_file and not Path(self.bind_password_file).is_file():
             raise InvalidInput(
                 f"--ldap-bind-password-file: {self.bind_password_file} does not exist"
             )
+        self._validate_tls()
+
+    def _validate_filter(self) -> None:
+        if "{username}" not in self.user_filter:
+            raise InvalidInput(
+                f"--ldap-user-filter {self.user_filter!r}: must contain {{username}}, "
+                "where the detected username goes"
+            )
+        try:
+            # ldap3's own parser, the one the search uses: a filter accepted here parses there.
+            probe = self.user_filter.replace("{username}", "probe")
+            parse_filter(probe, None, False, False, None, False)  # type: ignore[no-untyped-call]
+        except (LDAPException, ValueError, IndexError) as exc:
+            raise InvalidInput(
+                f"--ldap-user-filter {self.user_filter!r} is not an LDAP filter: {exc}"
+            ) from None
+
+    def _validate_tls(self) -> None:
+        if self.starttls and self.ldaps:
+            raise InvalidInput(
+                "--ldap-starttls applies to ldap:// URLs; an ldaps:// URL is TLS from the start"
+            )
+        if self.ca_file is None:
+            return
+        if not (self.starttls or self.ldaps):
+            raise InvalidInput("--ldap-ca-file needs an ldaps:// URL or --ldap-starttls")
+        try:
+            ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidInput(
+                f"--ldap-ca-file {self.ca_file}: not a readable PEM file of CA certificates ({exc})"
+            ) from None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -48,7 +95,22 @@ class LdapSettings:
             "bind_dn": self.bind_dn,
             "bind_password_file": self.bind_password_file,
             "user_filter": self.user_filter,
+            "starttls": self.starttls,
+            "ca_file": self.ca_file,
         }
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> LdapSettings:
+        """Settings as `as_dict` stored them; keys added later take their defaults."""
+        return cls(
+            url=str(stored["url"]),
+            base_dn=str(stored["base_dn"]),
+            bind_dn=stored.get("bind_dn") or None,
+            bind_password_file=stored.get("bind_password_file") or None,
+            user_filter=stored.get("user_filter") or DEFAULT_LDAP_FILTER,
+            starttls=bool(stored.get("starttls", False)),
+            ca_file=stored.get("ca_file") or None,
+        )
 
 
 def check_name(name: str) -> str:

@@ -18,10 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from authority.db import Device, Organization, Policy, User, utcnow
-from authority.errors import Conflict, Forbidden, InvalidInput, NotImplementedYet, Unauthorized
-from authority.passwords import generate_password, hash_password
+from authority.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from authority.policies import require_active
 from authority.scripts import parse_os
+from authority.users import DirectoryFor, directory_for, user_for_registration
 
 PHASES = (
     "unconfigured",
@@ -64,6 +64,7 @@ class Registration:
     credential: str
     user_created: bool
     already_registered: bool
+    warning: str | None = None  # registered, but an administrator has something to fix
 
 
 def check_guid(guid: str) -> str:
@@ -136,39 +137,29 @@ def record_report(session: Session, org: Organization, report: DeviceReport) -> 
     return device
 
 
-def _find_or_create_user(session: Session, org: Organization, username: str) -> tuple[User, bool]:
-    user = session.scalar(select(User).where(User.org_id == org.id, User.username == username))
-    if user is not None:
-        return user, False
-    # The generated password is hidden: nobody sees it until an administrator resets it.
-    user = User(
-        org=org,
-        username=username,
-        email=username if org.auth == "local" else None,
-        password_hash=hash_password(generate_password()),
-        password_hidden=True,
-    )
-    session.add(user)
-    session.flush()
-    return user, True
+def register(
+    session: Session,
+    policy: Policy,
+    request: RegistrationRequest,
+    *,
+    directories: DirectoryFor = directory_for,
+    signed_in: bool = False,
+) -> Registration:
+    """Register the device silently; the user depends on the organization's authentication.
 
-
-def register(session: Session, policy: Policy, request: RegistrationRequest) -> Registration:
+    The directory (LDAP) is asked last, after every check that needs no network.
+    `signed_in`: the user proved who they are with a password (authority.sign_in), which is
+    what a manual policy asks for instead of silent registration.
+    """
     org = policy.org
     require_active(org)
     guid = check_guid(request.device.guid)
     check_report(request.device)
-    if policy.manual:
+    if policy.manual and not signed_in:
         raise Forbidden(
             f"the policy of organization {org.name!r} requires users to sign in; "
             "silent registration is not allowed",
             code="sign_in_required",
-        )
-    if org.auth != "local":
-        raise NotImplementedYet(
-            f"silent registration for {org.auth.upper()} organizations is not implemented by "
-            f"this authority yet (organization {org.name!r})",
-            code="auth_not_implemented",
         )
     username = _check_username(request.username.strip(), org)
     home = _check_home(request.user_home)
@@ -193,13 +184,13 @@ def register(session: Session, policy: Policy, request: RegistrationRequest) -> 
             "make a new identity (it does so by itself)",
             code="device_cloned",
         )
+    match = user_for_registration(session, org, username, directories)
     if device is None:
         device = Device(guid=guid, org=org)
         session.add(device)
     device.org = org
-    user, created = _find_or_create_user(session, org, username)
     credential = secrets.token_urlsafe(32)
-    device.user = user
+    device.user = match.user
     device.user_home = home
     device.hardware_id = request.hardware_id or device.hardware_id
     device.credential_hash = credential_digest(credential)
@@ -211,10 +202,11 @@ def register(session: Session, policy: Policy, request: RegistrationRequest) -> 
     session.flush()
     return Registration(
         device=device,
-        user=user,
+        user=match.user,
         credential=credential,
-        user_created=created,
+        user_created=match.created,
         already_registered=already,
+        warning=match.warning,
     )
 
 

@@ -89,7 +89,7 @@ def format_users(users: list[dict[str, Any]]) -> str:
         [
             u["username"],
             u["org"],
-            "yes" if u["can_sign_in"] else "no (password hidden: reset it)",
+            "yes" if u["can_sign_in"] else f"no ({u['cannot_sign_in_because']})",
             str(len(u["devices"])),
         ]
         for u in users
@@ -107,14 +107,38 @@ def format_devices(devices: list[dict[str, Any]]) -> str:
             _when(d["registered_at"]) if d["registered"] else "not registered",
             d["phase"] or "-",
             d["last_error"] or "",
+            _attempt(d.get("last_attempt")),
         ]
         for d in devices
     ]
-    header = ["GUID", "NAME", "ORG", "USER", "REGISTERED", "PHASE", "LAST ERROR"]
+    header = ["GUID", "NAME", "ORG", "USER", "REGISTERED", "PHASE", "LAST ERROR", "LAST ATTEMPT"]
     return _table(rows, header) or "No devices."
 
 
+def _attempt(attempt: dict[str, Any] | None) -> str:
+    if not attempt:
+        return ""
+    return f"{_when(attempt['at'])} {attempt['outcome']}: {attempt['message']}"
+
+
+def format_attempts(attempts: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            _when(a["at"]),
+            a["device_guid"][:8],
+            a["org"],
+            a["username"],
+            a["outcome"],
+            a["message"],
+        ]
+        for a in attempts
+    ]
+    header = ["TIME", "GUID", "ORG", "USER", "OUTCOME", "MESSAGE"]
+    return _table(rows, header) or "No registration attempts."
+
+
 __all__ = [
+    "format_attempts",
     "format_devices",
     "format_orgs",
     "format_tls",

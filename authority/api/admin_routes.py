@@ -6,13 +6,11 @@ import hmac
 from typing import Any
 
 from fastapi import APIRouter, Header, Request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from authority.api.deps import data_dir, run_in_transaction
-from authority.db import Device
+from authority.attempts import device_rows
 from authority.errors import Unauthorized
-from authority.registration import device_summary
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
@@ -32,10 +30,7 @@ def list_devices(
     _require_admin(request, authorization)
 
     def work(session: Session) -> list[dict[str, Any]]:
-        query = select(Device).order_by(Device.first_seen_at)
-        if pending:
-            query = query.where(Device.registered_at.is_(None))
-        return [device_summary(d) for d in session.scalars(query)]
+        return device_rows(session, None, pending)
 
     return run_in_transaction(request, work)
 

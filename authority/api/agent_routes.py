@@ -9,14 +9,18 @@ Every call carries the agent's phase and last error, for `device list`.
 
 from __future__ import annotations
 
+import logging
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Header, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy.orm import Session
 
-from authority.api.deps import certs, run_in_transaction
-from authority.errors import Unauthorized
+from authority.api.deps import certs, request_id, run_in_transaction
+from authority.attempts import REGISTERED, REGISTERED_UNMAPPED, record_apart
+from authority.db import utcnow
+from authority.errors import AuthorityError, Unauthorized
 from authority.policies import agent_document, policy_for_token, require_active
 from authority.registration import (
     DeviceReport,
@@ -25,6 +29,10 @@ from authority.registration import (
     record_report,
     register,
 )
+from authority.sign_in import SignInRequest, sign_in
+from authority.users import directory_for
+
+log = logging.getLogger("authority")
 
 router = APIRouter(prefix="/api/v1", tags=["agent"])
 
@@ -47,9 +55,34 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "`device_in_other_org`, `device_cloned`"},
     410: {"description": "`policy_deleted`"},
     422: {"description": "`invalid_request` and other validation codes"},
-    501: {"description": "`auth_not_implemented`"},
     503: {
         "description": "`overloaded`, `database_busy`, `internal_error`; always with Retry-After"
+    },
+}
+# An LDAP organization asks its directory; a refusal is the agent's to retry every
+# `registration_retry_seconds`, a 503 after Retry-After.
+REGISTER_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    403: {
+        "description": "`org_deactivated`, `sign_in_required`; `directory_user_disabled` "
+        "(LDAP: the user's account is disabled in the directory)"
+    },
+    404: {
+        "description": "`token_unknown`, `token_rotated`; `directory_user_not_found` (LDAP: "
+        "no entry matches the username; the message names the user and the organization)"
+    },
+    409: {
+        "description": "`device_in_other_org`, `device_cloned`; `directory_user_ambiguous` "
+        "(LDAP: the user filter matches more than one entry)"
+    },
+    422: {
+        "description": "`invalid_request`, `invalid_device_guid`, `invalid_username`, "
+        "`username_not_email` (local organizations), `invalid_input`"
+    },
+    503: {
+        "description": "`overloaded`, `database_busy`, `internal_error`; LDAP: "
+        "`directory_unavailable` (down, slow or TLS failure), `directory_bind_failed`, "
+        "`directory_search_failed`, `directory_misconfigured`; always with Retry-After"
     },
 }
 
@@ -93,6 +126,12 @@ class RegisterResponse(BaseModel):
     user_created: bool
     already_registered: bool
     registered_at: str
+    warning: str | None = Field(
+        None,
+        description="registered, but with something for an administrator to fix: in an SSO "
+        "organization, a username no user had, so the device's new user cannot sign in or "
+        "restore until the mapping is fixed",
+    )
 
 
 def _report(body: AgentReport, os_name: str) -> DeviceReport:
@@ -135,13 +174,14 @@ def fetch_policy(
     return run_in_transaction(request, work)
 
 
-@router.post("/deploy/register", responses=ERRORS, response_model=RegisterResponse)
+@router.post("/deploy/register", responses=REGISTER_ERRORS, response_model=RegisterResponse)
 def register_device(
     body: RegisterRequest,
     request: Request,
     x_deployment_token: str | None = Header(None),
 ) -> RegisterResponse:
-    """Register the device silently; idempotent by device GUID."""
+    """Register the device silently; idempotent by device GUID. Every attempt is recorded."""
+    directories = partial(directory_for, retry_after=request.app.state.limits.retry_after)
 
     def work(session: Session) -> RegisterResponse:
         policy = policy_for_token(session, x_deployment_token)
@@ -154,6 +194,7 @@ def register_device(
                 user_home=body.user_home,
                 hardware_id=body.hardware_id,
             ),
+            directories=directories,
         )
         assert result.device.registered_at is not None
         return RegisterResponse(
@@ -164,9 +205,44 @@ def register_device(
             user_created=result.user_created,
             already_registered=result.already_registered,
             registered_at=result.device.registered_at.isoformat(),
+            warning=result.warning,
         )
 
-    return run_in_transaction(request, work)
+    record = partial(
+        record_apart,
+        request.app.state.db,
+        x_deployment_token,
+        device_guid=body.device_guid,
+        username=body.username,
+    )
+    try:
+        answer = run_in_transaction(request, work)
+    except AuthorityError as exc:
+        log.info(
+            "rid=%s registration of device %r refused: %s [%s]",  # %r: the GUID is unchecked
+            request_id(request),
+            body.device_guid,
+            exc.message,
+            exc.code,
+        )
+        record(outcome=exc.code, message=exc.message)
+        raise
+    except Exception:
+        # The app's guard answers 503 internal_error and logs the traceback; say so here too.
+        record(
+            outcome="internal_error",
+            message=f"unexpected error; see request {request_id(request)} in authority.log",
+        )
+        raise
+    if answer.warning:
+        log.warning("rid=%s device %s: %s", request_id(request), answer.device_guid, answer.warning)
+    again = " again (its previous credential no longer works)" if answer.already_registered else ""
+    record(
+        outcome=REGISTERED_UNMAPPED if answer.warning else REGISTERED,
+        message=f"registered{again} to user {answer.username!r}"
+        + (f"; {answer.warning}" if answer.warning else ""),
+    )
+    return answer
 
 
 @router.post("/device/policy", responses=ERRORS)
@@ -199,6 +275,93 @@ def device_policy(
         return agent_document(device.org, device.org.policy, body.os, pins)
 
     return run_in_transaction(request, work)
+
+
+# Manual registration (authority/sign_in.py), appended here after the routes above.
+
+
+class SignInBody(RegisterRequest):
+    password: SecretStr = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        description="the user's password: checked, never stored, logged or returned",
+    )
+
+
+SIGN_IN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **REGISTER_ERRORS,
+    401: {
+        "description": "`token_missing`, `token_malformed`; `sign_in_failed`: wrong username "
+        "or password (the same answer for a user who does not exist), counted"
+    },
+    403: {
+        "description": "`org_deactivated`; `password_reset_required` (local: the password was "
+        "generated and never shown; an administrator must reset it); "
+        "`sso_sign_in_not_supported`; `directory_user_disabled` (LDAP)"
+    },
+    429: {
+        "description": "`sign_in_locked`: 5 failed sign-ins within 15 minutes lock the "
+        "username for 15 minutes; with Retry-After"
+    },
+}
+
+
+@router.post("/deploy/sign-in", responses=SIGN_IN_ERRORS, response_model=RegisterResponse)
+def sign_in_device(
+    body: SignInBody,
+    request: Request,
+    x_deployment_token: str | None = Header(None),
+) -> RegisterResponse:
+    """Manual registration: the user's password, checked by the organization's method, then
+    the device registered as by `/deploy/register`. Any policy accepts it."""
+    directories = partial(directory_for, retry_after=request.app.state.limits.retry_after)
+
+    def work(session: Session) -> RegisterResponse | AuthorityError:
+        policy = policy_for_token(session, x_deployment_token)
+        outcome = sign_in(
+            session,
+            policy,
+            SignInRequest(
+                device=_report(body, body.os),
+                username=body.username,
+                password=body.password.get_secret_value(),
+                user_home=body.user_home,
+                hardware_id=body.hardware_id,
+            ),
+            now=utcnow(),
+            directories=directories,
+        )
+        if isinstance(outcome, AuthorityError):
+            return outcome
+        assert outcome.device.registered_at is not None
+        return RegisterResponse(
+            device_guid=outcome.device.guid,
+            credential=outcome.credential,
+            org=policy.org.name,
+            username=outcome.user.username,
+            user_created=outcome.user_created,
+            already_registered=outcome.already_registered,
+            registered_at=outcome.device.registered_at.isoformat(),
+            warning=outcome.warning,
+        )
+
+    record = partial(
+        record_apart,
+        request.app.state.db,
+        x_deployment_token,
+        device_guid=body.device_guid,
+        username=body.username,
+    )
+    try:
+        answer = run_in_transaction(request, work)
+        if isinstance(answer, AuthorityError):
+            raise answer  # only now, its transaction committed: the failure stays counted
+    except AuthorityError as exc:
+        record(outcome=exc.code, message=exc.message)
+        raise
+    record(outcome=REGISTERED, message=f"registered by sign-in to user {answer.username!r}")
+    return answer
 
 
 __all__ = ["router"]

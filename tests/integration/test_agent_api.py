@@ -160,22 +160,29 @@ def test_a_local_organization_refuses_a_username_that_is_not_an_email(
     assert admin_json(authority.data, "device", "list", "--pending") == []
 
 
-@pytest.mark.parametrize("auth", ["ldap", "sso"])
-def test_directory_organizations_refuse_registration_as_not_implemented(
-    authority: Authority, auth: str
+def test_an_ldap_directory_that_cannot_be_reached_is_a_503_with_retry_after(
+    authority: Authority,
 ) -> None:
-    extra = (
-        ["--ldap-url", "ldap://127.0.0.1:1", "--ldap-base-dn", "dc=example,dc=com"]
-        if auth == "ldap"
-        else []
+    admin(
+        authority.data,
+        "org",
+        "create",
+        "Dir",
+        "--auth",
+        "ldap",
+        "--ldap-url",
+        "ldap://127.0.0.1:1",
+        "--ldap-base-dn",
+        "dc=example,dc=com",
     )
-    admin(authority.data, "org", "create", "Dir", "--auth", auth, *extra)
     admin(authority.data, "policy", "create", "--org", "Dir")
     dir_token = admin_json(authority.data, "policy", "show", "--org", "Dir")["token"]
     with authority.client() as client:
         response = _register(client, dir_token, str(uuid.uuid4()), username="jdoe")
-    assert response.status_code == 501
-    assert response.json()["error"]["code"] == "auth_not_implemented"
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "60"
+    assert response.json()["error"]["code"] == "directory_unavailable"
+    assert "the directory of organization 'Dir'" in response.json()["error"]["message"]
 
 
 def test_a_manual_policy_refuses_silent_registration(authority: Authority) -> None:

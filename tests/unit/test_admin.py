@@ -187,3 +187,24 @@ def test_device_list_pending_shows_only_unregistered_devices(admin: Admin) -> No
     assert pending["guid"] == guid
     assert pending["registered"] is False
     assert admin.device_list("Acme", pending=False) == [pending]
+
+
+def test_a_data_folder_from_an_earlier_release_gains_new_tables_and_columns(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from authority import cli
+
+    data = DataDir(tmp_path / "old")
+    init_data(data, "127.0.0.1", 4285)
+    with sqlite3.connect(data.database) as db:
+        db.execute("DROP TABLE registration_attempts")
+        db.execute("ALTER TABLE users DROP COLUMN needs_mapping")
+    assert cli.main(["org", "create", "Later", "--auth", "local", "--data", str(data.root)]) == 0
+    assert cli.main(["user", "list", "--json", "--data", str(data.root)]) == 0
+    with sqlite3.connect(data.database) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(users)")}
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "needs_mapping" in columns
+    assert "registration_attempts" in tables

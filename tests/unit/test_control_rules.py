@@ -63,5 +63,28 @@ def test_the_policy_can_forbid_user_stop_and_the_refusal_says_so() -> None:
     assert decide("start", USER, registered_user_home=NOBODY.pw_dir, allow_user_stop=False)[0]
 
 
-def test_sign_in_is_for_administrators_here() -> None:
-    assert not decide("sign-in", USER, registered_user_home=NOBODY.pw_dir)[0]
+def test_the_detected_user_with_a_session_may_sign_in() -> None:
+    assert decide("sign-in", USER, console_users=["nobody"], detected_user_home=NOBODY.pw_dir)[0]
+    by_name = decide(
+        "sign-in", USER, console_users=["nobody"], detected_username="nobody@example.com"
+    )
+    assert by_name[0]
+
+
+def test_another_user_with_a_session_may_not_sign_in_the_detected_users_device() -> None:
+    # Signing in makes the detected home (read by the daemon as root) the signer's backup.
+    allowed, reason = decide(
+        "sign-in",
+        USER,
+        console_users=["nobody", "alice"],
+        detected_username="alice@example.com",
+        detected_user_home="/home/alice",
+    )
+    assert not allowed
+    assert "nobody is not the user detected on this device (alice@example.com)" in reason
+
+
+def test_sign_in_needs_a_session_on_the_device() -> None:
+    allowed, reason = decide("sign-in", USER, detected_user_home=NOBODY.pw_dir)
+    assert not allowed
+    assert "nobody has no session on this device" in reason

@@ -25,6 +25,7 @@ from agent.lifecycle import (
     Register,
     Registered,
     RunDetection,
+    SignedIn,
     StartBackups,
     Started,
     StartRequested,
@@ -57,6 +58,9 @@ DOWN = Failed(code="unreachable", message="Down.")
 DETECTED = UserDetected(username="alice@example.com", user_home="/home/alice")
 REGISTERED = Registered(
     username="alice@example.com", user_home="/home/alice", registered_at="2026-01-01T00:00:00Z"
+)
+SIGNED_IN = SignedIn(
+    username="alice@example.org", user_home="/home/alice", registered_at="2026-01-01T00:00:00Z"
 )
 
 
@@ -121,10 +125,10 @@ def test_awaiting_policy_stays_on_failure_and_retries_after_policy_retry(permane
     assert step(state, Tick(), after(300), ENV) == (replace(state, step=FETCHING), [FetchPolicy()])
 
 
-def test_awaiting_policy_to_awaiting_sign_in_on_manual_policy() -> None:
+def test_awaiting_policy_to_awaiting_registration_on_manual_policy_detects_the_user() -> None:
     state, actions = step(at(AWAITING_POLICY, FETCHING), MANUAL, NOW, ENV)
-    expected = entered(AWAITING_SIGN_IN, org="acme", registration="manual", next_attempt_at=None)
-    assert (state, actions) == (expected, [])
+    expected = entered(AWAITING_REGISTRATION, DETECTING, org="acme", registration="manual")
+    assert (state, actions) == (expected, [RunDetection()])
 
 
 # AWAITING_REGISTRATION
@@ -184,25 +188,121 @@ def test_awaiting_registration_to_awaiting_policy_when_the_policy_is_gone_for_go
     assert (state, actions) == (expected, [])
 
 
-def test_awaiting_registration_to_awaiting_sign_in_on_manual_policy() -> None:
+def test_awaiting_registration_stays_on_manual_policy_and_detects_the_user() -> None:
     state, actions = step(at(AWAITING_REGISTRATION, FETCHING), MANUAL, NOW, ENV)
-    expected = entered(AWAITING_SIGN_IN, org="acme", registration="manual", next_attempt_at=None)
+    expected = at(AWAITING_REGISTRATION, DETECTING, org="acme", registration="manual")
+    assert (state, actions) == (expected, [RunDetection()])
+
+
+def test_awaiting_registration_to_awaiting_sign_in_on_user_detected_under_manual_policy() -> None:
+    state = at(AWAITING_REGISTRATION, DETECTING, org="acme", registration="manual")
+    state, actions = step(state, DETECTED, NOW, ENV)
+    # The detected user is who the sign-in suggests; nothing is retried while waiting for them.
+    expected = entered(
+        AWAITING_SIGN_IN,
+        org="acme",
+        registration="manual",
+        username="alice@example.com",
+        user_home="/home/alice",
+        next_attempt_at=None,
+    )
     assert (state, actions) == (expected, [])
+
+
+@pytest.mark.parametrize("permanent", [False, True])
+def test_awaiting_registration_retries_after_registration_retry_on_detection_failure_if_manual(
+    permanent: bool,
+) -> None:
+    failed = Failed(code="no_user_detected", message="Nobody logged in.", permanent=permanent)
+    state = at(AWAITING_REGISTRATION, DETECTING, registration="manual")
+    state, actions = step(state, failed, NOW, ENV)
+    expected = failing(AWAITING_REGISTRATION, failed, 3600, registration="manual")
+    assert (state, actions) == (expected, [])
+    assert step(state, Tick(), after(3600), ENV) == (replace(state, step=FETCHING), [FetchPolicy()])
 
 
 # AWAITING_SIGN_IN
 
 
+def waiting_for_sign_in(step_: Step = IDLE, **changes: Any) -> State:
+    detected = {"username": "alice@example.com", "user_home": "/home/alice"}
+    values = {"org": "acme", "registration": "manual", "next_attempt_at": None, **detected}
+    return at(AWAITING_SIGN_IN, step_, **{**values, **changes})
+
+
+def test_awaiting_sign_in_to_backing_up_on_signed_in() -> None:
+    state, actions = step(waiting_for_sign_in(), SIGNED_IN, NOW, ENV)
+    # The user signed in under their own name; the detected home is what is backed up.
+    expected = entered(
+        BACKING_UP,
+        org="acme",
+        registration="manual",
+        username="alice@example.org",
+        user_home="/home/alice",
+        registered_at="2026-01-01T00:00:00Z",
+        next_attempt_at=after(900),
+    )
+    assert (state, actions) == (expected, [StartBackups()])
+
+
+def test_awaiting_sign_in_stays_on_restart_without_an_attempt() -> None:
+    state = waiting_for_sign_in(DETECTING)
+    state, actions = step(state, Started(configured=True), NOW, ENV)
+    assert (state, actions) == (waiting_for_sign_in(), [])
+
+
+def test_awaiting_sign_in_without_a_detected_user_detects_on_restart() -> None:
+    # Saved by an agent that entered AWAITING_SIGN_IN without detecting anyone.
+    state = waiting_for_sign_in(username=None, user_home=None)
+    state, actions = step(state, Started(configured=True), NOW, ENV)
+    expected = waiting_for_sign_in(FETCHING, username=None, user_home=None, next_attempt_at=NOW)
+    assert (state, actions) == (expected, [FetchPolicy()])
+
+
 def test_awaiting_sign_in_to_awaiting_registration_on_silent_policy() -> None:
-    state, actions = step(at(AWAITING_SIGN_IN, FETCHING), SILENT, NOW, ENV)
-    expected = entered(AWAITING_REGISTRATION, DETECTING, org="acme", registration="silent")
+    state, actions = step(waiting_for_sign_in(FETCHING), SILENT, NOW, ENV)
+    expected = entered(
+        AWAITING_REGISTRATION,
+        DETECTING,
+        org="acme",
+        registration="silent",
+        username="alice@example.com",
+        user_home="/home/alice",
+    )
     assert (state, actions) == (expected, [RunDetection()])
 
 
-def test_awaiting_sign_in_stays_on_manual_policy() -> None:
-    state, actions = step(at(AWAITING_SIGN_IN, FETCHING), MANUAL, NOW, ENV)
-    expected = at(AWAITING_SIGN_IN, org="acme", registration="manual", next_attempt_at=None)
+def test_awaiting_sign_in_stays_on_manual_policy_and_detects_again() -> None:
+    state, actions = step(waiting_for_sign_in(FETCHING), MANUAL, NOW, ENV)
+    assert (state, actions) == (waiting_for_sign_in(DETECTING), [RunDetection()])
+    bob = UserDetected(username="bob@example.com", user_home="/home/bob")
+    state, actions = step(state, bob, NOW, ENV)
+    # Still waiting, for the newly detected user, and not failing.
+    expected = waiting_for_sign_in(
+        username="bob@example.com",
+        user_home="/home/bob",
+        attempts=0,
+        last_error=None,
+        last_error_code=None,
+    )
     assert (state, actions) == (expected, [])
+
+
+def test_awaiting_sign_in_retries_after_registration_retry_on_detection_failure() -> None:
+    failed = Failed(code="no_user_detected", message="Nobody logged in.")
+    state, actions = step(waiting_for_sign_in(DETECTING), failed, NOW, ENV)
+    waiting = waiting_for_sign_in()
+    expected = failing(
+        AWAITING_SIGN_IN,
+        failed,
+        3600,
+        org=waiting.org,
+        registration=waiting.registration,
+        username=waiting.username,
+        user_home=waiting.user_home,
+    )
+    assert (state, actions) == (expected, [])
+    assert step(state, Tick(), after(3600), ENV) == (replace(state, step=FETCHING), [FetchPolicy()])
 
 
 # BACKING_UP
@@ -290,7 +390,7 @@ def test_stopped_stays_stopped_on_restart(configured: bool) -> None:
 
 
 @pytest.mark.parametrize("interrupted", list(Step))
-@pytest.mark.parametrize("phase", CONFIGURED)
+@pytest.mark.parametrize("phase", [AWAITING_POLICY, AWAITING_REGISTRATION])
 def test_restart_resumes_the_phase_with_an_attempt_due_at_once(
     phase: Phase, interrupted: Step
 ) -> None:
@@ -430,6 +530,10 @@ def test_jittered_wait_stays_within_the_jitter_bounds(
     [
         (at(AWAITING_REGISTRATION, DETECTING), REGISTERED),
         (at(AWAITING_REGISTRATION), REGISTERED),
+        (at(AWAITING_REGISTRATION, REGISTERING), SIGNED_IN),
+        (stopped(AWAITING_SIGN_IN), SIGNED_IN),
+        (waiting_for_sign_in(), REGISTERED),
+        (waiting_for_sign_in(), DETECTED),
         (at(AWAITING_POLICY), SILENT),
         (at(AWAITING_REGISTRATION, REGISTERING), SILENT),
         (at(AWAITING_POLICY), DOWN),
@@ -451,6 +555,7 @@ OUT_OF_PHASE = [
     *[(Configured(), p) for p in Phase if p != UNCONFIGURED],
     *[(CredentialRejected(message="Unknown device."), p) for p in Phase if p != BACKING_UP],
     *[(StartRequested(by="alice"), p) for p in NOT_STOPPED],
+    *[(SIGNED_IN, p) for p in Phase if p != AWAITING_SIGN_IN],
 ]
 
 
@@ -476,6 +581,7 @@ EVERY_EVENT: list[Event] = [
     Failed(code="unreachable", message="Down.", permanent=True, retry_after=30.0),
     DETECTED,
     REGISTERED,
+    SIGNED_IN,
     CheckedIn(org="acme"),
     CredentialRejected(message="Unknown device."),
     StopRequested(by="alice"),

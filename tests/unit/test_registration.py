@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
 
-from authority.db import Database, Device
+from authority.db import Database, Device, User
+from authority.directory import DirectoryUser
 from authority.errors import (
     Conflict,
     Forbidden,
     InvalidInput,
     NotFound,
-    NotImplementedYet,
     Unauthorized,
+    Unavailable,
 )
 from authority.orgs import deactivate_org
 from authority.passwords import verify_password
@@ -117,15 +119,102 @@ def test_registering_again_keeps_the_device_and_replaces_the_credential(
         assert device_for_credential(s, second.credential).guid == GUID
 
 
-@pytest.mark.parametrize("auth", ["ldap", "sso"])
-def test_directory_organizations_cannot_register_silently_yet(
-    database: Database, make_policy: MakePolicy, auth: str
+class FakeDirectory:
+    """An LDAP directory holding `users`, or down."""
+
+    def __init__(self, *users: DirectoryUser, down: bool = False) -> None:
+        self.users = {u.username.lower(): u for u in users}
+        self.down = down
+
+    def find_user(self, username: str) -> DirectoryUser | None:
+        if self.down:
+            raise Unavailable("the directory is down", code="directory_unavailable")
+        return self.users.get(username.lower())
+
+    def authenticate(self, username: str, password: str) -> DirectoryUser | None:
+        raise AssertionError("registration never checks a password")
+
+
+ALICE = DirectoryUser("alice", "uid=alice,dc=x", "Alice Liddell", "alice@example.com", False)
+
+
+def ldap_register(
+    database: Database, token: str, directory: FakeDirectory, **kw: str
+) -> Registration:
+    with database.transaction() as s:
+        return register(
+            s, policy_for_token(s, token), request(**kw), directories=lambda _org: directory
+        )
+
+
+def test_ldap_registers_to_the_directory_user_with_its_name_and_email(
+    database: Database, make_policy: MakePolicy
 ) -> None:
-    token = make_policy("Acme", auth)
-    with pytest.raises(NotImplementedYet) as caught:
-        do_register(database, token, request(username="alice"))
-    assert caught.value.code == "auth_not_implemented"
+    token = make_policy("Acme", "ldap")
+    result = ldap_register(database, token, FakeDirectory(ALICE), username="ALICE")
+    assert result.user_created and result.warning is None
+    with database.transaction() as s:
+        (summary,) = [user_summary(s, u) for u in list_users(s)]
+    assert summary["username"] == "alice"  # the directory's spelling
+    assert (summary["display_name"], summary["email"]) == ("Alice Liddell", "alice@example.com")
+    assert summary["can_sign_in"] is True  # the directory checks the password
+    again = ldap_register(database, token, FakeDirectory(ALICE), username="alice")
+    assert not again.user_created and again.already_registered
+
+
+@pytest.mark.parametrize(
+    ("directory", "error", "code"),
+    [
+        (FakeDirectory(), NotFound, "directory_user_not_found"),
+        (FakeDirectory(replace(ALICE, disabled=True)), Forbidden, "directory_user_disabled"),
+        (FakeDirectory(ALICE, down=True), Unavailable, "directory_unavailable"),
+    ],
+)
+def test_ldap_refusals_register_nothing(
+    database: Database,
+    make_policy: MakePolicy,
+    directory: FakeDirectory,
+    error: type[Exception],
+    code: str,
+) -> None:
+    token = make_policy("Sales", "ldap")
+    with pytest.raises(error) as caught:
+        ldap_register(database, token, directory, username="alice")
+    assert getattr(caught.value, "code", None) == code
     assert device_count(database) == 0
+    if code == "directory_user_not_found":
+        assert str(caught.value) == (
+            "user 'alice' not found in the directory of organization 'Sales'"
+        )
+
+
+def test_sso_registers_an_unknown_user_flagged_until_the_mapping_is_fixed(
+    database: Database, make_policy: MakePolicy
+) -> None:
+    token = make_policy("Acme", "sso")
+    first = do_register(database, token, request(username="alice"))
+    second = do_register(database, token, request(guid=str(uuid.uuid4()), username="Alice"))
+    assert first.user_created and not second.user_created  # the same user, linked
+    assert first.warning and "cannot sign in or restore until the mapping is fixed" in first.warning
+    with database.transaction() as s:
+        (summary,) = [user_summary(s, u) for u in list_users(s)]
+    assert summary["needs_mapping"] is True
+    assert summary["can_sign_in"] is False
+    assert (
+        summary["cannot_sign_in_because"] == "cannot sign in or restore until the mapping is fixed"
+    )
+    assert len(summary["devices"]) == 2
+
+
+def test_sso_links_a_known_user_without_a_warning(
+    database: Database, make_policy: MakePolicy
+) -> None:
+    token = make_policy("Acme", "sso")
+    with database.transaction() as s:
+        s.add(User(org=policy_for_token(s, token).org, username="alice", password_hidden=False))
+    result = do_register(database, token, request(username="alice"))
+    assert not result.user_created
+    assert result.warning is None
 
 
 def test_manual_policy_requires_the_user_to_sign_in(
