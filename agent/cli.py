@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", parents=[home], help="stop backups until `holdfast start`")
     sub.add_parser("start", parents=[home], help="resume where the agent was stopped")
     sub.add_parser("tray", parents=[home], help="the tray icon (status, Stop, Start, ...)")
+    sub.add_parser("login-dialog", parents=[home])  # no help: hidden, the tray starts it
     login = sub.add_parser("login", parents=[home], help="sign in: manual registration")
     login.add_argument(
         "--username", metavar="NAME", help="who signs in (default: the user detected here)"
@@ -159,6 +160,12 @@ def _login(args: argparse.Namespace, paths: AgentPaths) -> int:
     return login(paths, args.username)
 
 
+def _login_dialog(paths: AgentPaths) -> int:
+    from agent.login_dialog import show
+
+    return show(paths)
+
+
 def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> int:
     handlers: dict[str, Callable[[], int]] = {
         "run": lambda: _run(args, paths, words),
@@ -166,6 +173,7 @@ def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> 
         "stop": lambda: _control("stop", paths),
         "start": lambda: _control("start", paths),
         "tray": lambda: _tray(paths),
+        "login-dialog": lambda: _login_dialog(paths),
         "login": lambda: _login(args, paths),
         "install": lambda: _service(args),
         "uninstall": lambda: _service(args),

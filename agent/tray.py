@@ -2,8 +2,9 @@
 
 `TrayModel` decides what the tray says and which items are enabled, from the status object
 of `holdfast status`; its actions call the same control client as the CLI, so the daemon
-decides everything (who may stop, what start resumes). `run()` puts the model on screen with
-pystray and re-reads the status every few seconds; the tray keeps no state of its own.
+decides everything (who may stop, what start resumes); Sign in… opens a window of its own
+(agent.desktop). `run()` puts the model on screen with pystray and re-reads the status every
+few seconds; the tray keeps no state of its own.
 
 pystray chooses its backend when first imported and, on Linux without a display, fails in
 that import (with Xlib's own error, not ImportError); so it is imported inside run() only.
@@ -14,18 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from PIL import Image
 
 from agent import logs
+from agent.desktop import LoginDialog, open_in_file_manager
 from agent.errors import AgentError
 from agent.paths import AgentPaths
 from agent.tray_icon import IconState, TrayIcon, X11Loop, draw
@@ -40,6 +40,8 @@ NO_DESKTOP = "no graphical session: the tray needs a desktop"
 Control = Callable[[str], dict[str, Any]]
 ReadStatus = Callable[[], dict[str, Any]]
 Notify = Callable[[str], None]
+# Opens the sign-in window: None once it is up, else why no window can open here.
+OpenSignIn = Callable[[], str | None]
 
 
 def _clock(iso: str | None) -> str | None:
@@ -51,26 +53,6 @@ def _clock(iso: str | None) -> str | None:
 
 def _ignore(_message: str) -> None:
     """Where notifications go on a backend that cannot show them (X11's plain tray)."""
-
-
-def open_in_file_manager(
-    folder: Path,
-    *,
-    platform: str = sys.platform,
-    popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
-) -> None:
-    """Show `folder` in the desktop's file manager, without waiting for it."""
-    if platform == "darwin":
-        argv = ["open", str(folder)]
-    elif platform == "win32":
-        argv = ["explorer", str(folder)]
-    else:
-        argv = ["xdg-open", str(folder)]
-    # The user's whole environment on purpose: the file manager needs their session
-    # (DISPLAY, D-Bus address, XDG settings), and it runs as them, like the tray.
-    child = popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    # Reaped in the background: no zombie, and no "still running" warning when dropped.
-    threading.Thread(target=child.wait, name="file-manager", daemon=True).start()
 
 
 @dataclass
@@ -85,6 +67,7 @@ class TrayModel:
     control: Control
     read_status: ReadStatus
     open_folder: Callable[[], None]
+    open_sign_in: OpenSignIn
     notify: Notify = _ignore
     last_message: str | None = None
 
@@ -99,6 +82,7 @@ class TrayModel:
             control=lambda command: call(paths.run, command),
             read_status=lambda: collect(paths),
             open_folder=lambda: open_in_file_manager(paths.log),
+            open_sign_in=LoginDialog(paths),
         )
 
     # What it shows
@@ -126,6 +110,10 @@ class TrayModel:
     @property
     def can_back_up_now(self) -> bool:
         return self.running and self.status.get("phase") == "backing_up"
+
+    @property
+    def can_sign_in(self) -> bool:
+        return self.running and self.status.get("phase") == "awaiting_sign_in"
 
     @property
     def summary(self) -> str:
@@ -188,13 +176,28 @@ class TrayModel:
         except OSError as exc:
             self.report(f"Could not open the log folder: {exc.strerror or exc}")
 
+    def sign_in(self) -> None:
+        try:
+            why_not = self.open_sign_in()
+        except OSError as exc:  # its program would not start
+            why_not = exc.strerror or str(exc)
+        if why_not is None:
+            self.last_message = None
+        else:
+            self.report(
+                f"Could not open the sign-in window ({why_not}); run `holdfast login` in a terminal"
+            )
+
     def primary(self) -> None:
-        """A click on the icon itself: resume a stopped agent, otherwise say where it stands.
+        """A click on the icon itself: resume a stopped agent, open a sign-in a manual policy
+        waits for (the only way to it without a menu: X11's plain tray), else say where it stands.
 
         Never Stop: a stray click must not pause someone's backups.
         """
         if self.can_start:
             self.start()
+        elif self.can_sign_in:
+            self.sign_in()
         else:
             self.notify(self.status_line)
 
@@ -254,6 +257,7 @@ class _TrayView:
                 visible=lambda _: model.last_message is not None,
             ),
             menu.SEPARATOR,
+            item("Sign in…", self._act(model.sign_in), enabled=lambda _: model.can_sign_in),
             item("Stop", self._act(model.stop), enabled=lambda _: model.can_stop),
             item(
                 "Start",
@@ -391,4 +395,4 @@ def main(paths: AgentPaths) -> int:
     return run(paths, stop_event=stop)
 
 
-__all__ = ["NO_DESKTOP", "IconFactory", "TrayModel", "main", "open_in_file_manager", "run"]
+__all__ = ["NO_DESKTOP", "IconFactory", "OpenSignIn", "TrayModel", "main", "run"]

@@ -184,6 +184,7 @@ def test_the_icon_follows_the_daemon_through_pystrays_own_machinery(
         assert items["Start"].enabled
         assert not items["Stop"].enabled
         assert not items["Back up now"].enabled
+        assert not items["Sign in…"].enabled  # only a manual policy's sign-in waits for it
 
         icon()  # what a backend does when the icon is clicked: the default item, Start
         agent.wait_phase("awaiting_policy")

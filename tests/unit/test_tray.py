@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.desktop import LoginDialog, home_of, open_in_file_manager
 from agent.errors import AgentError, DaemonUnavailable, Refused
 from agent.lifecycle import Phase, State
-from agent.paths import AgentPaths
+from agent.paths import ENV_HOME, AgentPaths
 from agent.state import save_state
-from agent.tray import MAX_TOOLTIP, NO_DESKTOP, TrayModel, open_in_file_manager, run
+from agent.tray import MAX_TOOLTIP, NO_DESKTOP, TrayModel, run
 from agent.tray_icon import COLOURS, IconState, draw
 
 TEN_FIVE = dt.datetime(2030, 1, 2, 10, 5).astimezone().isoformat()
@@ -71,6 +74,7 @@ def model_of(body: dict[str, Any], recorder: Recorder | None = None, **kw: Any) 
         control=recorder.control,
         read_status=recorder.read_status,
         open_folder=kw.pop("open_folder", lambda: None),
+        open_sign_in=kw.pop("open_sign_in", lambda: None),
         notify=recorder.notes.append,
         **kw,
     )
@@ -122,23 +126,25 @@ def test_a_long_waiting_reason_is_cut_to_what_windows_shows() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "stop", "start", "back_up_now"),
+    ("body", "stop", "start", "back_up_now", "sign_in"),
     [
-        (status("unconfigured"), True, False, False),
-        (status("awaiting_policy"), True, False, False),
-        (status("awaiting_registration"), True, False, False),
-        (status("awaiting_sign_in"), True, False, False),
-        (status("backing_up"), True, False, True),
-        (status("stopped"), False, True, False),
-        (status("backing_up", daemon_running=False), False, False, False),
-        (status("stopped", daemon_running=False), False, False, False),
+        (status("unconfigured"), True, False, False, False),
+        (status("awaiting_policy"), True, False, False, False),
+        (status("awaiting_registration"), True, False, False, False),
+        (status("awaiting_sign_in"), True, False, False, True),
+        (status("backing_up"), True, False, True, False),
+        (status("stopped"), False, True, False, False),
+        (status("backing_up", daemon_running=False), False, False, False, False),
+        (status("stopped", daemon_running=False), False, False, False, False),
+        (status("awaiting_sign_in", daemon_running=False), False, False, False, False),
     ],
 )
 def test_only_the_items_that_can_work_are_enabled(
-    body: dict[str, Any], stop: bool, start: bool, back_up_now: bool
+    body: dict[str, Any], stop: bool, start: bool, back_up_now: bool, sign_in: bool
 ) -> None:
     model = model_of(body)
-    assert (model.can_stop, model.can_start, model.can_back_up_now) == (stop, start, back_up_now)
+    enabled = (model.can_stop, model.can_start, model.can_back_up_now, model.can_sign_in)
+    assert enabled == (stop, start, back_up_now, sign_in)
 
 
 @pytest.mark.parametrize(
@@ -211,6 +217,66 @@ def test_a_click_on_the_icon_starts_a_stopped_agent_and_never_stops_a_running_on
     assert recorder.notes == [model.status_line]
 
 
+def test_a_click_on_the_icon_opens_the_sign_in_a_manual_policy_waits_for() -> None:
+    opened: list[str] = []
+    recorder = Recorder()
+    model = model_of(
+        status("awaiting_sign_in"), recorder, open_sign_in=lambda: opened.append("window")
+    )
+    model.primary()
+    assert opened == ["window"]
+    assert recorder.commands == []
+    assert recorder.notes == []
+
+
+def test_sign_in_opens_the_window_and_clears_an_old_failure() -> None:
+    opened: list[str] = []
+    recorder = Recorder()
+    model = model_of(
+        status("awaiting_sign_in"),
+        recorder,
+        open_sign_in=lambda: opened.append("window"),
+        last_message="Stop did not work: busy",
+    )
+    model.sign_in()
+    assert opened == ["window"]
+    assert model.last_message is None
+    assert recorder.notes == []
+    assert recorder.commands == []  # the window signs in, not the tray
+
+
+@pytest.mark.parametrize(
+    ("launch", "why"),
+    [
+        (lambda: "tkinter is not installed", "tkinter is not installed"),
+        (
+            lambda: "no display name and no $DISPLAY environment variable",
+            "no display name and no $DISPLAY environment variable",
+        ),
+    ],
+)
+def test_without_a_window_sign_in_points_to_holdfast_login(launch: Any, why: str) -> None:
+    recorder = Recorder()
+    model = model_of(status("awaiting_sign_in"), recorder, open_sign_in=launch)
+    model.sign_in()
+    assert model.last_message == (
+        f"Could not open the sign-in window ({why}); run `holdfast login` in a terminal"
+    )
+    assert recorder.notes == [model.last_message]
+
+
+def test_a_sign_in_window_that_cannot_be_started_is_a_message() -> None:
+    def missing_python() -> str | None:
+        raise FileNotFoundError(2, "No such file or directory", "/opt/holdfast/holdfast")
+
+    recorder = Recorder()
+    model = model_of(status("awaiting_sign_in"), recorder, open_sign_in=missing_python)
+    model.sign_in()
+    assert model.last_message is not None
+    assert "(No such file or directory); run `holdfast login`" in model.last_message
+    assert recorder.notes == [model.last_message]
+
+
 def test_a_log_folder_that_cannot_be_opened_is_a_message() -> None:
     def missing_file_manager() -> None:
         raise FileNotFoundError(2, "No such file or directory", "xdg-open")
@@ -223,8 +289,16 @@ def test_a_log_folder_that_cannot_be_opened_is_a_message() -> None:
 
 
 class FakeChild:
-    def __init__(self, argv: list[str], **_kw: Any) -> None:
+    """A started process; `first` is what it prints first, `running` whether it stays up."""
+
+    def __init__(self, argv: list[str], first: str = "", running: bool = False, **kw: Any) -> None:
         self.argv = argv
+        self.kw = kw
+        self.stdout = io.StringIO(first)
+        self.running = running
+
+    def poll(self) -> int | None:
+        return None if self.running else 0
 
     def wait(self) -> int:
         return 0
@@ -292,3 +366,104 @@ def test_without_a_display_the_tray_says_so_in_one_line(
     assert err.startswith(f"holdfast: {NO_DESKTOP}")
     assert err.count("\n") == 1
     assert "Traceback" not in err
+
+
+# The sign-in window, as the tray starts it (agent.desktop).
+
+TOKEN = "0fb12341-246b-448d-b07f-c6573ad5ad02"
+
+
+class Windows:
+    """A fake Popen for the sign-in window: each start prints `first`."""
+
+    def __init__(self, first: str, running: bool = True) -> None:
+        self.first = first
+        self.running = running
+        self.started: list[FakeChild] = []
+
+    def __call__(self, argv: list[str], **kw: Any) -> Any:  # Any: it stands in for a Popen
+        self.started.append(FakeChild(argv, self.first, self.running, **kw))
+        return self.started[-1]
+
+
+def agent_home(tmp_path: Path) -> AgentPaths:
+    """An agent home whose installer arguments hold a token, as on a configured device."""
+    paths = AgentPaths.under(tmp_path / "agent")
+    paths.ensure()
+    paths.deploy_properties.write_text(
+        f"DEPLOYMENT_URL=https://127.0.0.1:9\nDEPLOYMENT_POLICY_TOKEN={TOKEN}\n"
+    )
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("frozen", "start"),
+    [
+        (False, ["/usr/bin/python3", "-m", "agent.login_dialog"]),
+        (True, ["/usr/bin/python3", "login-dialog"]),
+    ],
+)
+def test_the_sign_in_window_is_this_program_with_the_agents_home_and_nothing_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frozen: bool, start: list[str]
+) -> None:
+    paths = agent_home(tmp_path)
+    monkeypatch.setenv(ENV_HOME, "/somewhere/else")
+    windows = Windows("ready\n")
+    launch = LoginDialog(paths, popen=windows, frozen=frozen, executable="/usr/bin/python3")
+    assert launch() is None
+    [child] = windows.started
+    assert child.argv == [*start, "--home", str(tmp_path / "agent")]
+    env = child.kw["env"]
+    assert ENV_HOME not in env  # --home says which agent, not an inherited variable
+    assert not any(TOKEN in word or "password" in word.lower() for word in child.argv)
+    assert not any(TOKEN in value for value in env.values())
+    assert child.kw["stdin"] == subprocess.DEVNULL  # it reads nothing from the tray
+
+
+def test_the_system_agent_needs_no_home() -> None:
+    assert home_of(AgentPaths.system()) is None
+    assert home_of(AgentPaths.under(Path("/opt/agent"))) == Path("/opt/agent").absolute()
+    windows = Windows("ready\n")
+    LoginDialog(AgentPaths.system(), popen=windows, frozen=False, executable="python")()
+    assert windows.started[0].argv == ["python", "-m", "agent.login_dialog"]
+
+
+def test_one_sign_in_window_at_a_time(tmp_path: Path) -> None:
+    windows = Windows("ready\n")
+    launch = LoginDialog(agent_home(tmp_path), popen=windows)
+    assert launch() is None
+    assert launch() is None
+    assert len(windows.started) == 1
+    windows.started[0].running = False  # closed: the next click opens a new one
+    assert launch() is None
+    assert len(windows.started) == 2
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [
+        ("unavailable: tkinter is not installed\n", "tkinter is not installed"),
+        (
+            'unavailable: couldn\'t connect to display ":9"\n',
+            'couldn\'t connect to display ":9"',
+        ),
+        ("", "the sign-in window ended at once; see the tray's output"),
+    ],
+)
+def test_a_window_that_cannot_open_says_why(tmp_path: Path, first: str, why: str) -> None:
+    windows = Windows(first, running=False)
+    assert LoginDialog(agent_home(tmp_path), popen=windows)() == why
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="DISPLAY is how Linux finds a desktop")
+def test_the_real_window_without_a_display_answers_the_tray_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # `-m agent...` from the checkout
+    why = LoginDialog(agent_home(tmp_path), start_seconds=60)()
+    # Which one depends on this Python: Debian's has no tkinter without python3-tk.
+    assert why in (
+        "no display name and no $DISPLAY environment variable",
+        "tkinter is not installed",
+    )
