@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authority import __version__
-from authority.api import admin_routes, agent_routes
+from authority.api import admin_routes, agent_routes, backup_routes
 from authority.datadir import DataDir
 from authority.db import Database, create_schema
 from authority.errors import AuthorityError, TooManyAttempts, Unavailable
@@ -151,6 +151,7 @@ def create_app(data: DataDir, limits: Limits | None = None) -> FastAPI:
     create_schema(app.state.db.engine)  # a data folder from an earlier release gains what is new
     app.state.certs = CertificateStore(data)
     app.state.limits = limits
+    app.state.store = backup_routes.chunk_store(data, app.state.db)
 
     @app.exception_handler(AuthorityError)
     async def on_authority_error(request: Request, exc: AuthorityError) -> JSONResponse:
@@ -192,6 +193,7 @@ def create_app(data: DataDir, limits: Limits | None = None) -> FastAPI:
 
     app.include_router(agent_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(backup_routes.router)
     app.add_middleware(GuardMiddleware, limits=limits)
     return app
 

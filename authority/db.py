@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -300,3 +301,72 @@ class SignInFailures(Base):
 
 
 __all__ += ["SignInFailures"]
+
+
+# Appended after the rest: the backup store's index and records (authority/storage.py,
+# authority/api/backup_routes.py). An archive is a device's GUID: no foreign key, so the
+# store's index stays usable by a backend that keeps packs elsewhere (S3).
+
+
+class StoredPack(Base):
+    """A pack written to an archive: its size is what the archive occupies."""
+
+    __tablename__ = "packs"
+    __table_args__ = (UniqueConstraint("archive", "pack_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive: Mapped[str] = mapped_column(String(64))
+    pack_id: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    stored_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class StoredChunk(Base):
+    """Where one blob of an archive lives: its pack and byte range there.
+
+    Unique by (archive, chunk_id): a blob uploaded again in another pack keeps its first
+    location, so a lookup never has two answers.
+    """
+
+    __tablename__ = "chunks"
+    __table_args__ = (UniqueConstraint("archive", "chunk_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive: Mapped[str] = mapped_column(String(64))
+    chunk_id: Mapped[str] = mapped_column(String(64))
+    pack_id: Mapped[str] = mapped_column(String(64))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(BigInteger)
+
+
+class Snapshot(Base):
+    """One completed backup of a device: its manifest blob and what it counted.
+
+    Unique by (device, manifest): the manifest carries its creation time, so the same
+    manifest committed twice is a retried commit, answered with the first snapshot.
+    """
+
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        UniqueConstraint("device_id", "manifest_id"),
+        Index("ix_snapshots_device", "device_id", "created_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    snapshot_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"))
+    manifest_id: Mapped[str] = mapped_column(String(64))
+    file_count: Mapped[int] = mapped_column("files", BigInteger)
+    byte_count: Mapped[int] = mapped_column("bytes", BigInteger)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DeviceKey(Base):
+    """A device's escrowed backup master key (base64), so an administrator can restore."""
+
+    __tablename__ = "device_keys"
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256))
+    escrowed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+__all__ += ["DeviceKey", "Snapshot", "StoredChunk", "StoredPack"]

@@ -5,6 +5,7 @@
     │   └── NotInitialised         exit 2            data folder without `init`
     ├── NotFound                   exit 2, HTTP 404  unknown organization, policy, user, token
     ├── Conflict                   exit 2, HTTP 409  a second policy, a GUID in another org
+    ├── PayloadTooLarge            exit 2, HTTP 413  a pack over the upload limit
     ├── Unauthorized               exit 2, HTTP 401  missing or wrong credential
     ├── Forbidden                  exit 4, HTTP 403  deactivated organization, manual policy
     ├── Gone                       exit 2, HTTP 410  a deleted policy's token
@@ -55,6 +56,14 @@ class Conflict(AuthorityError):
     status = 409
     exit_code = 2
     default_code = "conflict"
+
+
+class PayloadTooLarge(AuthorityError):
+    """A request body over its limit; the agent must send smaller packs."""
+
+    status = 413
+    exit_code = 2
+    default_code = "payload_too_large"
 
 
 class Unauthorized(AuthorityError):
@@ -112,6 +121,7 @@ __all__ = [
     "NotFound",
     "NotImplementedYet",
     "NotInitialised",
+    "PayloadTooLarge",
     "TooManyAttempts",
     "Unauthorized",
     "Unavailable",

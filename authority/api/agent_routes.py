@@ -17,10 +17,10 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field, SecretStr
 from sqlalchemy.orm import Session
 
-from authority.api.deps import certs, request_id, run_in_transaction
+from authority.api.deps import bearer_credential, certs, request_id, run_in_transaction
 from authority.attempts import REGISTERED, REGISTERED_UNMAPPED, record_apart
 from authority.db import utcnow
-from authority.errors import AuthorityError, Unauthorized
+from authority.errors import AuthorityError
 from authority.policies import agent_document, policy_for_token, require_active
 from authority.registration import (
     DeviceReport,
@@ -145,17 +145,6 @@ def _report(body: AgentReport, os_name: str) -> DeviceReport:
     )
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        raise Unauthorized(
-            "expected `Authorization: Bearer <device credential>`", code="credential_missing"
-        )
-    return value.strip()
-
-
 @router.post("/deploy/policy", responses=ERRORS)
 def fetch_policy(
     body: PolicyRequest,
@@ -253,7 +242,7 @@ def device_policy(
 ) -> dict[str, Any]:
     """The policy for a registered device. A rotated token does not affect it; a deleted
     policy leaves it on the default settings; a deactivated organization stops it."""
-    credential = _bearer(authorization)
+    credential = bearer_credential(authorization)
     pins = certs(request).pins()
 
     def work(session: Session) -> dict[str, Any]:

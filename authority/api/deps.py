@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from authority.datadir import DataDir
 from authority.db import Database
-from authority.errors import Unavailable
+from authority.errors import Unauthorized, Unavailable
 from authority.tls import CertificateStore
 
 log = logging.getLogger("authority")
@@ -48,6 +48,18 @@ def run_in_transaction(request: Request, work: Callable[[Session], T]) -> T:
     raise AssertionError("unreachable")
 
 
+def bearer_credential(authorization: str | None) -> str | None:
+    """The device credential of `Authorization: Bearer <credential>`, None when absent."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized(
+            "expected `Authorization: Bearer <device credential>`", code="credential_missing"
+        )
+    return value.strip()
+
+
 def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", "-"))
 
@@ -62,4 +74,4 @@ def data_dir(request: Request) -> DataDir:
     return data
 
 
-__all__ = ["certs", "data_dir", "request_id", "run_in_transaction"]
+__all__ = ["bearer_credential", "certs", "data_dir", "request_id", "run_in_transaction"]
