@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("start", parents=[home], help="resume where the agent was stopped")
     sub.add_parser("tray", parents=[home], help="the tray icon (status, Stop, Start, ...)")
     sub.add_parser("login-dialog", parents=[home])  # no help: hidden, the tray starts it
+    sub.add_parser("service", parents=[home])  # no help: hidden, the Windows SCM starts it
     login = sub.add_parser("login", parents=[home], help="sign in: manual registration")
     login.add_argument(
         "--username", metavar="NAME", help="who signs in (default: the user detected here)"
@@ -166,6 +167,12 @@ def _login_dialog(paths: AgentPaths) -> int:
     return show(paths)
 
 
+def _windows_service(paths: AgentPaths) -> int:
+    from agent.service_windows_host import main as service_main
+
+    return service_main(paths)
+
+
 def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> int:
     handlers: dict[str, Callable[[], int]] = {
         "run": lambda: _run(args, paths, words),
@@ -174,6 +181,7 @@ def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> 
         "start": lambda: _control("start", paths),
         "tray": lambda: _tray(paths),
         "login-dialog": lambda: _login_dialog(paths),
+        "service": lambda: _windows_service(paths),
         "login": lambda: _login(args, paths),
         "install": lambda: _service(args),
         "uninstall": lambda: _service(args),

@@ -95,17 +95,24 @@ class Daemon:
 
     # Signals and the loop
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+    def request_stop(self) -> None:
+        """Ask the loop to persist and return; safe from a signal handler or another thread."""
         self.stopping = True
         self.wake.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.request_stop()
 
     def run(self) -> int:
         self.paths.ensure()
         self.config = load_config(self.paths.agent_yaml)
         logs.setup(self.paths.agent_log, self.config.log_level)
         claim_pid_file(self.paths, __version__)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        if threading.current_thread() is threading.main_thread():
+            # A Windows service runs the daemon on the SCM's thread and stops it through
+            # request_stop(); Python allows signal handlers in the main thread only.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._on_signal)
         control = ControlServer(self.paths.run, self._on_control)
         try:
             self._start()

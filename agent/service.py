@@ -2,12 +2,19 @@
 
     install(CP_ARGS) ─▶ parse (DeployArgsError: nothing written) ─▶ privileges (Refused)
         ─▶ deploy.properties ─▶ service and tray files ─▶ the service manager, when it runs
+        ─▶ with CP_SILENT=false, the tray in each active local graphical session (best effort)
 
 One backend per OS: agent.service_linux (systemd, XDG autostart), agent.service_macos
 (launchd), agent.service_windows (the SCM through sc.exe, the Run key through reg.exe).
 Every path is under `root`, so an image, a chroot or a test gets the same files as `/`; the
 service manager is told only when `root` is `/` and it runs there, unless the caller says
 otherwise. Both operations are idempotent.
+
+The tray's autostart is installed even when DEVICE_CLOAKED=true: the tray reads the cloaking
+from `holdfast status` and exits at once while it holds, so new installer arguments given any
+way (`holdfast run --deploy-args` too) take effect at the next login without a reinstall.
+With CP_SILENT=false an install also opens the tray in the sessions already open (Linux,
+macOS; on Windows at the next sign-in), but never on a cloaked device.
 
 The unit files are package data (agent/units/, named in pyproject.toml), byte-for-byte copies
 of the repository's service_units/ (a test keeps them equal), so an installed wheel finds them.
@@ -52,6 +59,28 @@ class Command:
 
 
 @dataclass(frozen=True)
+class DesktopSession:
+    """A user's graphical session open at this device's screen, where the tray can open now."""
+
+    user: str
+    uid: int
+    home: str | None = None
+    # X11: the display and its authority file, for starting a program in it from outside.
+    display: str | None = None
+    xauthority: str | None = None
+    # A `holdfast tray` of this user already runs: opening another would show two icons.
+    tray_open: bool = False
+
+
+# The sessions to open the tray in; AgentError when they cannot be found out.
+SessionFinder = Callable[[], list[DesktopSession]]
+
+
+def no_sessions() -> list[DesktopSession]:
+    return []
+
+
+@dataclass(frozen=True)
 class Target:
     """Where and how one install or uninstall acts."""
 
@@ -61,6 +90,8 @@ class Target:
     manage: bool
     # The `holdfast` command the service runs; None: where the OS package installs it.
     executable: str | None
+    # Where the tray may open at install time (CP_SILENT=false), when the manager is told.
+    sessions: SessionFinder = no_sessions
 
     @property
     def is_system(self) -> bool:
@@ -99,6 +130,8 @@ class Backend:
     manager_running: Callable[[Path], bool]
     install: Callable[[Target, DeployArgs], list[str]]
     uninstall: Callable[[Target, bool], list[str]]
+    # The graphical sessions open on the system at `/`.
+    desktop_sessions: SessionFinder = no_sessions
 
 
 def install(
@@ -109,13 +142,16 @@ def install(
     runner: Runner | None = None,
     executable: str | None = None,
     service_manager: bool | None = None,
+    sessions: SessionFinder | None = None,
 ) -> list[str]:
     """Install the service and the tray autostart, and start the service; lines saying what.
 
     `executable`: the absolute path of the `holdfast` command the service and the tray run
     (default: where the OS package puts it). `service_manager`: whether to tell the service
-    manager (None: when `root` is `/` and it runs there). Runs again over an existing install
-    with the same result, the new installer arguments taking effect.
+    manager (None: when `root` is `/` and it runs there). `sessions`: where the tray opens
+    now when CP_SILENT=false and the service manager is told (default: the OS's own account
+    of the graphical sessions open). Runs again over an existing install with the same
+    result, the new installer arguments taking effect.
     """
     args = parse_cp_args(deploy_args_text)
     backend = _backend(platform)
@@ -127,6 +163,7 @@ def install(
         runner=runner,
         service_manager=service_manager,
         executable=executable,
+        sessions=sessions,
     )
     lines = [f"Warning: {warning}" for warning in args.warnings]
     return lines + backend.install(target, args)
@@ -183,6 +220,7 @@ def _target(
     runner: Runner | None,
     service_manager: bool | None,
     executable: str | None,
+    sessions: SessionFinder | None = None,
 ) -> Target:
     problem = None if executable is None else backend.executable_problem(executable)
     if problem is not None:
@@ -196,7 +234,13 @@ def _target(
         raise Refused(f"{verb} the Holdfast service needs root: run it again with sudo")
     if service_manager is None:
         service_manager = root == SYSTEM_ROOT and backend.manager_running(root)
-    return Target(root, runner or _run_checked, service_manager, executable)
+    return Target(
+        root,
+        runner or _run_checked,
+        service_manager,
+        executable,
+        sessions or backend.desktop_sessions,
+    )
 
 
 def _is_administrator(platform: str) -> bool:
@@ -269,6 +313,56 @@ def remove_folder(path: Path) -> bool:
     return True
 
 
+CLOAKED_TRAY = (
+    "DEVICE_CLOAKED=true: the tray's autostart is installed all the same, and the tray stays "
+    "hidden (it exits at once) while the device is cloaked."
+)
+
+
+def open_tray_now(
+    target: Target,
+    args: DeployArgs,
+    commands_for: Callable[[DesktopSession], list[Command]],
+) -> list[str]:
+    """CP_SILENT=false: open the tray in each graphical session already open; lines saying so.
+
+    `commands_for` gives, for one session, commands that each open the tray there: the first
+    that succeeds is enough, the others are fallbacks. Best effort: a failure is a line saying
+    the tray opens at the next login, never a failed install. Nothing is opened when
+    CP_SILENT=true (the default), on a cloaked device, or when the service manager was not
+    told (an image, a chroot: no one is looking at its screen).
+    """
+    if args.silent or args.cloaked or not target.manage:
+        return []
+    try:
+        sessions = target.sessions()
+    except AgentError as exc:
+        return [
+            f"Could not find the graphical sessions to open the tray in: {exc.message}; "
+            "it opens at each user's next login."
+        ]
+    lines = []
+    for session in sessions:
+        if session.tray_open:
+            lines.append(f"The tray is already open for {session.user}.")
+            continue
+        failures = []
+        for command in commands_for(session):
+            try:
+                target.run(command)
+            except AgentError as exc:
+                failures.append(exc.message)
+                continue
+            lines.append(f"Opened the tray for {session.user}: ran `{command}`.")
+            break
+        else:
+            lines.append(
+                f"Could not open the tray for {session.user}: {'; '.join(failures)}; "
+                "it opens at the next login."
+            )
+    return lines
+
+
 def forget_folders(folders: list[Path], purge: bool) -> list[str]:
     """Purge the agent's folders, or say which were kept and how to remove them."""
     if purge:
@@ -282,4 +376,13 @@ def forget_folders(folders: list[Path], purge: bool) -> list[str]:
     ]
 
 
-__all__ = ["Backend", "Command", "Runner", "Target", "install", "uninstall"]
+__all__ = [
+    "Backend",
+    "Command",
+    "DesktopSession",
+    "Runner",
+    "SessionFinder",
+    "Target",
+    "install",
+    "uninstall",
+]

@@ -1,4 +1,12 @@
-"""The macOS service: a LaunchDaemon for the agent and a LaunchAgent for the tray."""
+"""The macOS service: a LaunchDaemon for the agent and a LaunchAgent for the tray.
+
+With CP_SILENT=false the install also opens the tray for the user at the screen, by loading
+the tray's LaunchAgent into that user's GUI domain as a login does (`launchctl bootstrap
+gui/UID`), or starting it there when it is loaded already (`launchctl kickstart`). Not
+`launchctl asuser UID holdfast tray`: that runs the tray as root (asuser changes the
+bootstrap namespace, not the user) and outside the com.holdfast.tray job, so launchd would
+neither keep it to one instance nor restart it after a crash.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,16 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from agent.deploy_args import DeployArgs
+from agent.errors import AgentError
 from agent.paths import AgentPaths
 from agent.service import (
+    CLOAKED_TRAY,
     Backend,
     Command,
+    DesktopSession,
     Target,
     forget_folders,
+    open_tray_now,
     posix_executable_problem,
     remove_file,
     save_deploy_args,
@@ -69,6 +81,8 @@ def install(target: Target, args: DeployArgs) -> list[str]:
     tray = tray_plist(target)
     write_unit(tray, render_plist(TRAY, target.executable))
     lines.append(f"Installed the LaunchAgent {tray} (the tray starts at each user's login).")
+    if args.cloaked:
+        lines.append(CLOAKED_TRAY)
     if not target.manage:
         lines.append(
             target.not_told(
@@ -91,6 +105,7 @@ def install(target: Target, args: DeployArgs) -> list[str]:
         target.run(command)
         lines.append(f"Ran `{command}`.")
     lines.append(f"{DAEMON} is loaded and running; `holdfast status` shows where it stands.")
+    lines += open_tray_now(target, args, lambda session: open_tray_commands(session, tray))
     return lines
 
 
@@ -117,11 +132,51 @@ def uninstall(target: Target, purge: bool) -> list[str]:
     return lines
 
 
+def open_tray_commands(session: DesktopSession, tray: Path) -> list[Command]:
+    """Commands that each open the tray's LaunchAgent `tray` in the session's GUI domain."""
+    domain = f"gui/{session.uid}"
+    return [
+        # Loads it as the user's login does; RunAtLoad starts the tray, as that user.
+        Command(("launchctl", "bootstrap", domain, str(tray))),
+        # It was loaded already (at the user's login): start it, if it is not running.
+        Command(("launchctl", "kickstart", f"{domain}/{TRAY}")),
+    ]
+
+
+def console_session() -> list[DesktopSession]:
+    """The user at the screen: the owner of /dev/console (as `stat -f %Su /dev/console`)."""
+    import pwd  # POSIX only: imported where it is used, so Windows can import this module
+
+    try:
+        uid = Path("/dev/console").stat().st_uid
+    except OSError as exc:
+        raise AgentError(f"could not tell who is at the screen: {exc.strerror or exc}") from exc
+    if uid == 0:
+        return []  # the login window: no one is logged in at the screen
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return []
+    if user.pw_name.startswith("_"):
+        return []  # _mbsetupuser: the Setup Assistant, not a person's session
+    return [DesktopSession(user=user.pw_name, uid=uid, home=user.pw_dir)]
+
+
 BACKEND = Backend(
     executable_problem=posix_executable_problem,
     manager_running=lambda _root: True,  # launchd is always there
     install=install,
     uninstall=uninstall,
+    desktop_sessions=console_session,
 )
 
-__all__ = ["BACKEND", "DAEMON", "DEFAULT_EXECUTABLE", "TRAY", "layout", "render_plist"]
+__all__ = [
+    "BACKEND",
+    "DAEMON",
+    "DEFAULT_EXECUTABLE",
+    "TRAY",
+    "console_session",
+    "layout",
+    "open_tray_commands",
+    "render_plist",
+]

@@ -1,7 +1,14 @@
 """The Windows service: HoldfastService in the SCM (sc.exe) and the tray in the Run key (reg.exe).
 
 service_units/windows/README.md explains each command. The tools are named by their full path
-in System32: an elevated installer must not run an sc.exe planted in the current folder.
+in System32: an elevated installer must not run an sc.exe planted in the current folder. The
+SCM runs `holdfast.exe service` (agent.service_windows_host), not `holdfast run`: a service
+process must talk to the SCM, which a console program does not.
+
+The tray is not opened at install time, even with CP_SILENT=false: starting a program on a
+signed-in user's desktop from an installer takes that user's token (WTSQueryUserToken, for
+LocalSystem only, so not from an elevated administrator) and CreateProcessAsUser, which is
+not done here. The Run key opens it at each user's next sign-in.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from pathlib import Path, PureWindowsPath
 
 from agent.deploy_args import DeployArgs
 from agent.paths import AgentPaths
-from agent.service import Backend, Command, Target, forget_folders, save_deploy_args
+from agent.service import CLOAKED_TRAY, Backend, Command, Target, forget_folders, save_deploy_args
 
 SERVICE = "HoldfastService"
 DISPLAY_NAME = "Holdfast Backup Agent"
@@ -20,6 +27,8 @@ DESCRIPTION = "Backs up this device's user folders to the organization's Holdfas
 RUN_KEY = r"HKLM\Software\Microsoft\Windows\CurrentVersion\Run"
 RUN_VALUE = "Holdfast"
 DEFAULT_EXECUTABLE = r"C:\Program Files\Holdfast\holdfast.exe"
+# The hidden subcommand the SCM starts: agent.service_windows_host.main.
+SERVICE_COMMAND = "service"
 # Restart 30 s after each failure, forever (the SCM repeats the last action); the count of
 # failures resets after a day without one.
 FAILURE_ACTIONS = "restart/30000/restart/30000/restart/30000"
@@ -49,12 +58,25 @@ def protect_conf_command(conf: str, folder: str) -> Command:
     return Command((_tool(folder, "icacls.exe"), conf, "/inheritance:r", "/grant:r", *grants))
 
 
+def service_binary_path(executable: str) -> str:
+    """The service's command line (sc.exe binPath=): the service host in `executable`."""
+    # The quotes keep a path with spaces from being read as C:\Program.exe (an unquoted
+    # service path).
+    return f'"{executable}" {SERVICE_COMMAND}'
+
+
 def install_commands(executable: str, folder: str) -> list[Command]:
     """Register (or update) the service, its recovery, the tray's Run value; (re)start it."""
     sc = _tool(folder, "sc.exe")
-    # sc.exe syntax: "key=" and its value are two arguments. The quotes keep a path with
-    # spaces from being read as C:\Program.exe (an unquoted service path).
-    settings = ("binPath=", f'"{executable}" run', "start=", "auto", "DisplayName=", DISPLAY_NAME)
+    # sc.exe syntax: "key=" and its value are two arguments.
+    settings = (
+        "binPath=",
+        service_binary_path(executable),
+        "start=",
+        "auto",
+        "DisplayName=",
+        DISPLAY_NAME,
+    )
     return [
         Command((sc, "create", SERVICE, *settings), harmless=frozenset({_SERVICE_EXISTS})),
         # For an existing service: the same settings, so a reinstall may move the executable.
@@ -134,6 +156,13 @@ def install(target: Target, args: DeployArgs) -> list[str]:
         target.run(command)
         lines.append(f"Ran `{command}`.")
     lines.append(f"{SERVICE} is installed and starting; `holdfast status` shows where it stands.")
+    if args.cloaked:
+        lines.append(CLOAKED_TRAY)  # the Run value is the tray's autostart
+    elif not args.silent:
+        lines.append(
+            "CP_SILENT=false: the tray opens at each user's next sign-in (the Run key); "
+            "Windows is not asked to open it in sessions already signed in."
+        )
     return lines
 
 
@@ -174,8 +203,10 @@ __all__ = [
     "RUN_KEY",
     "RUN_VALUE",
     "SERVICE",
+    "SERVICE_COMMAND",
     "install_commands",
     "layout",
     "protect_conf_command",
+    "service_binary_path",
     "uninstall_commands",
 ]

@@ -7,13 +7,14 @@ import pwd
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.deploy_args import read_properties_file
 from agent.errors import AgentError, DeployArgsError
-from agent.service import install, uninstall
+from agent.service import DesktopSession, install, uninstall
 from tests.conftest import require_tool
 
 TOKEN = "0fb12341-246b-448d-b07f-c6573ad5ad02"
@@ -31,6 +32,9 @@ MAC_TRAY = Path("Library/LaunchAgents/com.holdfast.tray.plist")
 MAC_BASE = Path("Library/Application Support/Holdfast")
 MAC_LOGS = Path("Library/Logs/Holdfast")
 REPO = Path(__file__).resolve().parents[2]
+SHOWN = CP_ARGS + "&CP_SILENT=false"
+ALICE = DesktopSession("alice", 1000, home="/home/alice", display=":0", xauthority="/x/auth")
+BOB = DesktopSession("bob", 1001, home="/home/bob")  # Wayland: no X display known
 
 
 class Recorder:
@@ -271,6 +275,164 @@ def test_without_root_the_system_is_left_alone_and_the_refusal_says_sudo(command
     assert result.returncode == 4, result.stderr
     assert "needs root: run it again with sudo" in result.stderr
     assert {p: p.exists() for p in before} == before
+
+
+# The tray at install time: CP_SILENT=false opens it in the sessions already open
+
+
+def sessions_of(*found: DesktopSession) -> Callable[[], list[DesktopSession]]:
+    return lambda: list(found)
+
+
+def never_asked() -> list[DesktopSession]:
+    raise AssertionError("the graphical sessions were looked for")
+
+
+def tray_install(
+    root: Path,
+    runner: Recorder,
+    cp_args: str = SHOWN,
+    *,
+    sessions: Callable[[], list[DesktopSession]] = never_asked,
+    platform: str = "linux",
+    service_manager: bool = True,
+) -> list[str]:
+    return install(
+        cp_args,
+        root=root,
+        platform=platform,
+        runner=runner,
+        executable=None if platform == "win32" else EXECUTABLE,
+        service_manager=service_manager,
+        sessions=sessions,
+    )
+
+
+def systemd_run(user: str, *setenv: str) -> list[str]:
+    return [
+        "systemd-run",
+        "--user",
+        f"--machine={user}@",
+        "--collect",
+        "--quiet",
+        "--unit=holdfast-tray-install",
+        *setenv,
+        EXECUTABLE,
+        "tray",
+    ]
+
+
+def test_cp_silent_false_opens_the_tray_in_each_session_after_starting_the_service(
+    root: Path,
+) -> None:
+    runner = Recorder()
+    lines = tray_install(root, runner, sessions=sessions_of(ALICE, BOB))
+    assert runner.calls[:2] == [
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", "holdfast-agent.service"],
+    ]
+    assert runner.calls[2:] == [systemd_run("alice", "--setenv=DISPLAY=:0"), systemd_run("bob")]
+    assert lines[-2].startswith("Opened the tray for alice: ran `systemd-run --user")
+    assert lines[-1].startswith("Opened the tray for bob: ran `systemd-run --user")
+
+
+def test_without_systemd_run_the_tray_opens_through_runuser_detached(root: Path) -> None:
+    runner = Recorder(fail={"systemd-run": 1})
+    lines = tray_install(root, runner, sessions=sessions_of(ALICE))
+    assert runner.calls[-1][:6] == ["runuser", "-u", "alice", "--", "env", "-i"]
+    assert "DISPLAY=:0" in runner.calls[-1]
+    assert "XAUTHORITY=/x/auth" in runner.calls[-1]
+    assert runner.calls[-1][-2:] == ['exec "$0" tray </dev/null >/dev/null 2>&1', EXECUTABLE]
+    assert lines[-1].startswith("Opened the tray for alice: ran `runuser -u alice -- env -i")
+
+
+def test_a_tray_that_cannot_open_is_a_line_not_a_failed_install(root: Path) -> None:
+    runner = Recorder(fail={"systemd-run": 1, "runuser": 1})
+    lines = tray_install(root, runner, sessions=sessions_of(ALICE, BOB))
+    tried = " ".join(systemd_run("alice", "--setenv=DISPLAY=:0"))
+    assert lines[-2].startswith(f"Could not open the tray for alice: `{tried}` failed with ")
+    assert "; `runuser -u alice -- env -i " in lines[-2]
+    assert lines[-2].endswith("` failed with exit code 1; it opens at the next login.")
+    assert lines[-1] == (
+        f"Could not open the tray for bob: `{' '.join(systemd_run('bob'))}` failed with exit "
+        "code 1; it opens at the next login."
+    )
+    assert "holdfast-agent.service is enabled and running; `holdfast status` shows where it " in (
+        "\n".join(lines)
+    )
+
+
+def test_sessions_that_cannot_be_found_are_a_line_not_a_failed_install(root: Path) -> None:
+    def no_logind() -> list[DesktopSession]:
+        raise AgentError("`loginctl list-sessions --no-legend` failed: Host is down")
+
+    lines = tray_install(root, Recorder(), sessions=no_logind)
+    assert lines[-1] == (
+        "Could not find the graphical sessions to open the tray in: `loginctl list-sessions "
+        "--no-legend` failed: Host is down; it opens at each user's next login."
+    )
+
+
+def test_a_tray_already_open_is_not_opened_twice(root: Path) -> None:
+    runner = Recorder()
+    open_already = DesktopSession("alice", 1000, display=":0", tray_open=True)
+    lines = tray_install(root, runner, sessions=sessions_of(open_already))
+    assert not any(argv[0] in ("systemd-run", "runuser") for argv in runner.calls)
+    assert lines[-1] == "The tray is already open for alice."
+
+
+@pytest.mark.parametrize(
+    ("cp_args", "service_manager"),
+    [
+        (CP_ARGS, True),  # CP_SILENT=true, the default
+        (CP_ARGS + "&CP_SILENT=true", True),
+        (SHOWN + "&DEVICE_CLOAKED=true", True),
+        (SHOWN, False),  # an image or a chroot: no one is at its screen
+    ],
+)
+@pytest.mark.parametrize("platform", ["linux", "darwin", "win32"])
+def test_no_tray_opens_when_silent_cloaked_or_not_live(
+    root: Path, platform: str, cp_args: str, service_manager: bool
+) -> None:
+    runner = Recorder()
+    lines = tray_install(root, runner, cp_args, platform=platform, service_manager=service_manager)
+    assert not any(argv[0] in ("systemd-run", "runuser") for argv in runner.calls)
+    assert ["launchctl", "bootstrap", "gui/501"] not in [argv[:3] for argv in runner.calls]
+    assert not any("the tray for" in line for line in lines)
+
+
+@pytest.mark.parametrize("platform", ["linux", "darwin", "win32"])
+def test_a_cloaked_device_keeps_the_tray_autostart_and_says_the_tray_stays_hidden(
+    root: Path, platform: str
+) -> None:
+    lines = tray_install(root, Recorder(), SHOWN + "&DEVICE_CLOAKED=true", platform=platform)
+    assert any(line.startswith("DEVICE_CLOAKED=true: the tray's autostart") for line in lines)
+    if platform == "linux":
+        assert (root / AUTOSTART).exists()
+    if platform == "darwin":
+        assert (root / MAC_TRAY).exists()
+
+
+def test_macos_opens_the_tray_agent_in_the_users_gui_domain(root: Path) -> None:
+    alice = DesktopSession("alice", 501, home="/Users/alice")
+    runner = Recorder()
+    lines = tray_install(root, runner, platform="darwin", sessions=sessions_of(alice))
+    assert runner.calls[-1] == ["launchctl", "bootstrap", "gui/501", str(root / MAC_TRAY)]
+    assert lines[-1] == (
+        f"Opened the tray for alice: ran `launchctl bootstrap gui/501 {root / MAC_TRAY}`."
+    )
+    # Loaded already (since alice's login): started where it is.
+    again = Recorder(fail={"gui/501": 5})
+    lines = tray_install(root, again, platform="darwin", sessions=sessions_of(alice))
+    assert again.calls[-1] == ["launchctl", "kickstart", "gui/501/com.holdfast.tray"]
+    assert lines[-1].startswith("Opened the tray for alice: ran `launchctl kickstart")
+
+
+def test_windows_opens_the_tray_at_the_next_sign_in_only(root: Path) -> None:
+    runner = Recorder()
+    lines = tray_install(root, runner, platform="win32", sessions=never_asked)
+    assert "CP_SILENT=false: the tray opens at each user's next sign-in" in lines[-1]
+    assert runner.calls[-1][1:] == ["start", "HoldfastService"]
 
 
 # macOS, in the same scratch root

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import configparser
+import os
 import plistlib
 import shutil
+import signal
 import subprocess
+import threading
+import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent import service_linux, service_macos, service_windows
-from agent.errors import UsageError
-from agent.service import Target, install
+from agent import service_linux, service_macos, service_windows, service_windows_host
+from agent.daemon import Daemon
+from agent.errors import AgentError, UsageError
+from agent.paths import AgentPaths
+from agent.service import DesktopSession, Target, install
 from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -224,7 +231,7 @@ def test_windows_install_registers_an_automatic_service_running_the_agent() -> N
     commands = service_windows.install_commands(WINDOWS_EXE, SYSTEM32)
     settings = [
         "binPath=",
-        rf'"{WINDOWS_EXE}" run',
+        rf'"{WINDOWS_EXE}" service',  # the service host, not the console agent
         "start=",
         "auto",
         "DisplayName=",
@@ -316,6 +323,172 @@ def test_systemd_counts_as_running_where_run_systemd_system_exists(tmp_path: Pat
     assert not service_linux.BACKEND.manager_running(tmp_path)
     (tmp_path / "run" / "systemd" / "system").mkdir(parents=True)
     assert service_linux.BACKEND.manager_running(tmp_path)
+
+
+# The tray at install time, Linux: logind's sessions and the commands that open the tray
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        "      2 1000 alice seat0 tty2\n     c1  120 gdm   seat0 tty1\n",  # systemd 252
+        "      2 1000 alice seat0 1715 user    tty2 no   -\n"
+        "     c1  120 gdm   seat0 1022 greeter tty1 no   -\n",  # systemd 256
+    ],
+)
+def test_session_ids_are_read_from_loginctl_list_sessions(listing: str) -> None:
+    assert service_linux.session_ids(listing) == ["2", "c1"]
+    assert service_linux.session_ids("No sessions.\n") == []
+
+
+def show_session(**changed: str) -> str:
+    values = {
+        "Name": "alice",
+        "User": "1000",
+        "Class": "user",
+        "Type": "x11",
+        "Remote": "no",
+        "Active": "yes",
+        "Display": ":0",
+    }
+    return "".join(f"{key}={value}\n" for key, value in (values | changed).items())
+
+
+def test_an_active_local_x11_or_wayland_session_is_where_the_tray_opens() -> None:
+    assert service_linux.graphical_session(show_session()) == DesktopSession(
+        "alice", 1000, display=":0"
+    )
+    wayland = service_linux.graphical_session(show_session(Type="wayland", Display=""))
+    assert wayland == DesktopSession("alice", 1000)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"Type": "tty"},
+        {"Type": "unspecified"},  # ssh
+        {"Remote": "yes"},
+        {"Active": "no"},  # another user's turn at the screen
+        {"Class": "greeter", "Name": "gdm"},  # the login screen
+    ],
+)
+def test_other_sessions_get_no_tray(changed: dict[str, str]) -> None:
+    assert service_linux.graphical_session(show_session(**changed)) is None
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "is_tray"),
+    [
+        (["/usr/bin/holdfast", "tray"], True),
+        (["/usr/bin/python3", "/opt/venv/bin/holdfast", "--home", "/h", "tray"], True),
+        (["/usr/bin/holdfast", "run"], False),
+        (["vim", "tray"], False),
+    ],
+)
+def test_a_running_tray_is_told_by_its_command_line(cmdline: list[str], is_tray: bool) -> None:
+    assert service_linux.is_tray_command(cmdline) is is_tray
+
+
+def test_the_fallback_tray_is_detached_with_an_allow_listed_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_tool(shutil.which("setsid") is not None, "setsid is not installed (util-linux)")
+    seen = tmp_path / "seen"
+    fake = tmp_path / "Hold fast" / "holdfast"  # a space: the path is an argument, not script
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nenv > "{seen}.env"\necho "$$ $*" > "{seen}"\nexec sleep 60\n')
+    fake.chmod(0o755)
+    session = DesktopSession("alice", 1000, home="/home/alice", display=":1", xauthority="/x")
+    systemd_run, runuser = service_linux.open_tray_commands(session, str(fake))
+    assert systemd_run.argv[:4] == ("systemd-run", "--user", "--machine=alice@", "--collect")
+    assert runuser.argv[:4] == ("runuser", "-u", "alice", "--")
+    monkeypatch.setenv("HOLDFAST_SECRET_OF_THE_INSTALLER", "x")
+    try:
+        # What runuser runs as alice; captured output: it returns once nothing holds it open.
+        subprocess.run(list(runuser.argv[4:]), capture_output=True, timeout=10, check=True)
+    finally:
+        deadline = time.monotonic() + 10
+        while not (seen.exists() and seen.read_text().endswith("\n")):
+            assert time.monotonic() < deadline, "the tray did not start"
+            time.sleep(0.05)
+        pid, args = seen.read_text().split(" ", 1)
+        os.kill(int(pid), signal.SIGTERM)  # the fake tray this test started
+    assert args == "tray\n"
+    environment = dict(line.split("=", 1) for line in Path(f"{seen}.env").read_text().split())
+    assert environment["DISPLAY"] == ":1"
+    assert environment["XAUTHORITY"] == "/x"
+    assert environment["DBUS_SESSION_BUS_ADDRESS"] == "unix:path=/run/user/1000/bus"
+    assert "HOLDFAST_SECRET_OF_THE_INSTALLER" not in environment
+
+
+def test_macos_finds_no_one_at_the_screen_of_a_system_without_a_console_user() -> None:
+    if Path("/dev/console").exists() and Path("/dev/console").stat().st_uid != 0:
+        pytest.skip("someone owns /dev/console here")
+    assert service_macos.console_session() == []
+
+
+# Windows: the service host, whose pywin32 half runs on Windows alone
+
+
+@pytest.fixture
+def signal_handlers() -> Iterator[None]:
+    """The daemon takes SIGTERM and SIGINT in the main thread: give them back to pytest."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_the_service_host_imports_here_and_says_it_needs_windows(tmp_path: Path) -> None:
+    assert not hasattr(service_windows_host, "HoldfastService")
+    with pytest.raises(UsageError, match=r"Windows service host.*it needs Windows"):
+        service_windows_host.main(AgentPaths.under(tmp_path))
+
+
+@pytest.mark.usefixtures("signal_handlers")
+def test_a_stop_asked_before_the_daemon_runs_ends_it_cleanly(tmp_path: Path) -> None:
+    # The SCM may send its stop before the service thread has started the daemon.
+    paths = AgentPaths.under(tmp_path)
+    daemon = Daemon(paths)
+    service_windows_host.request_stop(daemon)
+    service_windows_host.run_daemon(daemon)  # returns: no error for the SCM to report
+    assert "stopping on request; state saved" in paths.agent_log.read_text()
+    assert not paths.pid_file.exists()
+
+
+def test_a_daemon_that_fails_is_a_failure_for_the_scm(tmp_path: Path) -> None:
+    class Failing(Daemon):
+        def run(self) -> int:
+            return 1
+
+    with pytest.raises(AgentError, match="stopped with exit code 1"):
+        service_windows_host.run_daemon(Failing(AgentPaths.under(tmp_path)))
+
+
+@pytest.mark.usefixtures("signal_handlers")
+def test_the_daemon_runs_in_the_service_thread_until_the_scm_stops_it(tmp_path: Path) -> None:
+    paths = AgentPaths.under(tmp_path)
+    daemon = Daemon(paths)
+    failures: list[BaseException] = []
+
+    def service_thread() -> None:  # as pywin32 calls SvcDoRun: not the main thread
+        try:
+            service_windows_host.run_daemon(daemon)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=service_thread)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not paths.pid_file.exists() and thread.is_alive():
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.05)
+    service_windows_host.request_stop(daemon)  # what SvcStop does
+    thread.join(10)
+    assert not thread.is_alive()
+    if failures:
+        raise failures[0]
+    assert "stopping on request; state saved" in paths.agent_log.read_text()
 
 
 def _system_target() -> Target:
