@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument(
         "--username", metavar="NAME", help="who signs in (default: the user detected here)"
     )
+    sub.add_parser("backup-now", parents=[home], help="back up now and wait for the snapshot")
+    snaps = sub.add_parser("snapshots", parents=[home], help="this device's snapshots")
+    snaps.add_argument("--json", action="store_true", help="a JSON array, newest last")
+    rest = sub.add_parser("restore", parents=[home], help="restore from a snapshot")
+    rest.add_argument("--to", required=True, metavar="DIR", help="where the home's contents land")
+    rest.add_argument("--snapshot", metavar="ID", help="default: the newest")
+    rest.add_argument("--overwrite", action="store_true", help="replace existing files")
+    rest.add_argument("paths", nargs="*", metavar="PATH", help="only these (relative to home)")
     install = sub.add_parser("install", help="install and start the system service")
     install.add_argument("--deploy-args", required=True, metavar="S", help="the CP_ARGS string")
     uninstall = sub.add_parser("uninstall", help="stop and remove the system service")
@@ -173,6 +181,18 @@ def _windows_service(paths: AgentPaths) -> int:
     return service_main(paths)
 
 
+def _backup_command(args: argparse.Namespace, paths: AgentPaths) -> int:
+    from agent.backup import commands
+
+    if args.command == "backup-now":
+        return commands.backup_now(paths)
+    if args.command == "snapshots":
+        return commands.snapshots(paths, args.json)
+    return commands.restore_command(
+        paths, Path(args.to), args.snapshot, args.overwrite, list(args.paths)
+    )
+
+
 def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> int:
     handlers: dict[str, Callable[[], int]] = {
         "run": lambda: _run(args, paths, words),
@@ -180,6 +200,9 @@ def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> 
         "stop": lambda: _control("stop", paths),
         "start": lambda: _control("start", paths),
         "tray": lambda: _tray(paths),
+        "backup-now": lambda: _backup_command(args, paths),
+        "snapshots": lambda: _backup_command(args, paths),
+        "restore": lambda: _backup_command(args, paths),
         "login-dialog": lambda: _login_dialog(paths),
         "service": lambda: _windows_service(paths),
         "login": lambda: _login(args, paths),

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import pwd
 import queue
 import socket
 import struct
@@ -62,6 +61,8 @@ class Peer:
 
     @property
     def name(self) -> str:
+        import pwd  # POSIX only; the Windows channel names its peer another way
+
         try:
             return pwd.getpwuid(self.uid).pw_name
         except KeyError:
@@ -69,6 +70,8 @@ class Peer:
 
     @property
     def home(self) -> str | None:
+        import pwd
+
         try:
             return pwd.getpwuid(self.uid).pw_dir
         except KeyError:
@@ -310,7 +313,10 @@ class RequestQueue:
         if command == "sign-in":
             wait = max(wait, SIGN_IN_ANSWER_SECONDS)
         if not request.done.wait(wait):
-            raise AgentError(f"the agent did not carry out {command} in time")
+            raise AgentError(
+                f"the agent accepted {command} but is still busy with its current step; "
+                "it carries it out when that step ends"
+            )
         if request.error is not None:
             raise request.error
         return request.result

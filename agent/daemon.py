@@ -15,21 +15,27 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psutil
 
 from agent import __version__, logs
+from agent.backup.engine import run_backup
+from agent.backup.progress import PROGRESS_FILE, ProgressFile
 from agent.config import AgentConfig
 from agent.config import load as load_config
 from agent.control import ControlRequest, ControlServer, Peer, RequestQueue, authorize
 from agent.deploy_args import DeployArgs, read_properties_file
 from agent.detection import DetectionError, DetectionScript, SandboxSettings, detect
+from agent.device import authority_client
 from agent.errors import AgentError, ContactError, PermanentError, Refused, UsageError
 from agent.identity import Identity, hardware_id, load_or_create, renew
 from agent.lifecycle import (
     Action,
+    BackupDone,
+    BackupRequested,
     CheckedIn,
     Configured,
     CredentialRejected,
@@ -41,9 +47,9 @@ from agent.lifecycle import (
     PolicyFound,
     Register,
     Registered,
+    RunBackup,
     RunDetection,
     SignedIn,
-    StartBackups,
     Started,
     StartRequested,
     State,
@@ -92,12 +98,15 @@ class Daemon:
         self.policy: Policy | None = None
         self.identity: Identity | None = None
         self.requests = RequestQueue(self.wake)
+        self.backup_wanted = False
+        self.backup_cancel = threading.Event()
 
     # Signals and the loop
 
     def request_stop(self) -> None:
         """Ask the loop to persist and return; safe from a signal handler or another thread."""
         self.stopping = True
+        self.backup_cancel.set()  # a running backup ends; its snapshot is simply not made
         self.wake.set()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -115,10 +124,15 @@ class Daemon:
                 signal.signal(signum, self._on_signal)
         control = ControlServer(self.paths.run, self._on_control)
         try:
-            self._start()
+            # The channel first: a restart may begin with a long backup, and `stop` or
+            # `status` must work during it.
             control.start()
+            self._start()
             while not self.stopping:
                 self.requests.drain(self._carry_out)
+                if self.backup_wanted:
+                    self.backup_wanted = False
+                    self.feed(BackupRequested())
                 self._unconfigured_poll()
                 self.feed(Tick())
                 if self.requests.empty():
@@ -173,7 +187,7 @@ class Daemon:
     def _on_control(self, command: str, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Runs on a control thread: decide who may, then let the loop do it."""
         if command == "status":
-            return collect(self.paths)
+            return {**collect(self.paths), "daemon_running": True}  # it is us answering
         settings = self.policy.settings if self.policy else self.state.facts.get("settings") or {}
         decision = authorize(
             command,
@@ -188,6 +202,8 @@ class Daemon:
         if not decision.allowed:
             log.warning("refused %s from %s: %s", command, peer.describe(), decision.reason)
             raise Refused(f"{command} refused: {decision.reason}")
+        if command == "stop":
+            self.backup_cancel.set()  # a running backup ends now; the loop then stops
         return self.requests.submit(command, args, peer)
 
     def _carry_out(self, request: ControlRequest) -> None:
@@ -198,6 +214,17 @@ class Daemon:
         elif request.command == "start":
             log.info("start requested by %s", request.peer.describe())
             self.feed(StartRequested(by))
+        elif request.command == "backup-now":
+            # Answered at once; the loop starts the backup after this request, and the
+            # command follows it through the status and run/progress.json.
+            log.info("backup requested by %s", request.peer.describe())
+            self.backup_wanted = True
+            request.result = {
+                "phase": self.state.phase.value,
+                "previous_backup": self.state.last_backup,
+                "accepted": self.state.phase == Phase.BACKING_UP,
+            }
+            return
         elif request.command == "sign-in":
             request.result = self._sign_in(request)
             return
@@ -228,19 +255,7 @@ class Daemon:
 
     def _perform(self, action: Action) -> Event | None:
         try:
-            if isinstance(action, FetchPolicy):
-                return self._fetch_device_policy() if action.as_device else self._fetch_policy()
-            if isinstance(action, RunDetection):
-                return self._detect()
-            if isinstance(action, Register):
-                return self._register(action)
-            if isinstance(action, StartBackups):
-                log.info(
-                    "registered to %s: backups are handed to the backup engine, which this "
-                    "release does not include yet; no backup has run",
-                    self.state.username,
-                )
-                return None
+            return self._do(action)
         except ContactError as exc:
             return Failed(
                 exc.code,
@@ -250,7 +265,18 @@ class Daemon:
             )
         except (AgentError, OSError) as exc:
             return Failed("local_error", str(exc))
-        raise TypeError(f"unknown action {action!r}")
+
+    def _do(self, action: Action) -> Event | None:
+        if isinstance(action, FetchPolicy):
+            return self._fetch_device_policy() if action.as_device else self._fetch_policy()
+        if isinstance(action, RunDetection):
+            return self._detect()
+        if isinstance(action, Register):
+            return self._register(action)
+        if isinstance(action, RunBackup):
+            return self._backup()
+        log.info("backups of %s start; the first one at once", self.state.user_home)
+        return None  # StartBackups: the first backup's attempt is already due
 
     # Actions
 
@@ -276,17 +302,8 @@ class Daemon:
 
     def _client(self) -> AuthorityClient:
         assert self.args is not None
-        pins = list(self.args.ssl_whitelist)
-        if pins:
-            # Fingerprints the authority delivered (a staged next certificate) join the
-            # installer's pins, so a certificate change never strands the fleet.
-            pins += [p for p in self.state.facts.get("pins", []) if p not in pins]
-        return AuthorityClient(
-            self.args.deployment_url,
-            pins=pins,
-            proxy=self.args.connection_proxy,
-            timeout=self.config.request_timeout,
-        )
+        pins = self.state.facts.get("pins", [])
+        return authority_client(self.args, pins, self.config.request_timeout)
 
     def _report(self) -> dict[str, Any]:
         assert self.identity is not None
@@ -423,6 +440,39 @@ class Daemon:
                 "the authority knows this GUID from other hardware; new identity %s",
                 self.identity.guid,
             )
+
+    def _backup(self) -> Event:
+        credential = load_credential(self.paths.credential)
+        if credential is None or not self.state.user_home:
+            return CredentialRejected("the device credential is missing; registering again")
+        settings = self.policy.settings if self.policy else self.state.facts.get("settings") or {}
+        progress = ProgressFile(self.paths.run / PROGRESS_FILE)
+        if not self.stopping:
+            self.backup_cancel.clear()
+        log.info("Starting backup of %s", self.state.user_home)
+        try:
+            with self._client() as client:
+                result = run_backup(
+                    client,
+                    credential,
+                    Path(self.state.user_home),
+                    list(settings.get("exclude") or []),
+                    self.paths.state,
+                    progress=progress.update,
+                    cancel=self.backup_cancel,
+                    security=str(settings.get("security", "standard")),
+                )
+        finally:
+            progress.clear()
+        log.info(
+            "Completed backup: snapshot %s, %d files, %d bytes, %d new bytes sent%s",
+            result.snapshot_id,
+            result.files,
+            result.bytes,
+            result.new_bytes,
+            f"; partial: {len(result.warnings)} files could not be read" if result.partial else "",
+        )
+        return BackupDone(result.snapshot_id, result.finished_at, result.files, result.bytes)
 
     def _register(self, action: Register) -> Event:
         assert self.args is not None and self.identity is not None

@@ -6,6 +6,11 @@
     ├── DaemonUnavailable          exit 3   the command needs the daemon and it is not running
     ├── Refused                    exit 4   not permitted
     ├── DetectionError                      the detection script could not tell the user
+    ├── BackupError                         a backup or restore stopped: local state, no key...
+    │   ├── BackupCancelled                 asked to stop; nothing committed, the next run resumes
+    │   ├── BlobCorrupt                     a stored blob failed authentication or decoding
+    │   └── EntryRefused                    a restore entry would leave `--to` or meets a conflict
+    │       └── EntryExists                 something is already there and --overwrite is off
     └── ContactError                        the authority could not be used this time
         ├── TransientError                  try again later: network, timeout, 5xx, 429, busy
         └── PermanentError                  the authority said no: token unknown, deactivated...
@@ -56,6 +61,36 @@ class DetectionError(AgentError):
         self.code = code
 
 
+class BackupError(AgentError):
+    """A backup or restore cannot go on: the message says what stopped it.
+
+    Errors on one source file are not BackupErrors (they are warnings of a partial run);
+    the authority's refusals and outages stay ContactErrors, so the lifecycle decides.
+    """
+
+
+class BackupCancelled(BackupError):
+    """A run was asked to stop; nothing was committed, the next run resumes."""
+
+
+class BlobCorrupt(BackupError):
+    """A blob from the authority is not what was stored under `chunk_id`."""
+
+    def __init__(self, chunk_id: str, problem: str) -> None:
+        super().__init__(f"chunk {chunk_id[:16]}: {problem}")
+        self.chunk_id = chunk_id
+        self.problem = problem
+
+
+class EntryRefused(BackupError):
+    """One restore entry was not written: it would land outside the target, or something
+    is in its way; the restore goes on with the others."""
+
+
+class EntryExists(EntryRefused):
+    """A restore entry's place is taken and overwriting was not asked for."""
+
+
 class ContactError(AgentError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -74,10 +109,15 @@ class PermanentError(ContactError):
 
 __all__ = [
     "AgentError",
+    "BackupCancelled",
+    "BackupError",
+    "BlobCorrupt",
     "ContactError",
     "DaemonUnavailable",
     "DeployArgsError",
     "DetectionError",
+    "EntryExists",
+    "EntryRefused",
     "PermanentError",
     "Refused",
     "TransientError",

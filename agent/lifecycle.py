@@ -49,6 +49,7 @@ class Step(StrEnum):
     DETECTING = "detecting"
     REGISTERING = "registering"
     CHECKING_IN = "checking_in"
+    BACKING = "backing"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class State:
     username: str | None = None
     user_home: str | None = None
     registered_at: str | None = None
+    last_backup: dict[str, Any] | None = None  # {snapshot_id, finished_at, files, bytes}
     facts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -163,6 +165,21 @@ class StartRequested:
     by: str
 
 
+@dataclass(frozen=True)
+class BackupDone:
+    """A snapshot was committed."""
+
+    snapshot_id: str
+    finished_at: str
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class BackupRequested:
+    """A user asked for a backup now (`holdfast backup-now`, the tray)."""
+
+
 Event = (
     Started
     | Configured
@@ -176,6 +193,8 @@ Event = (
     | CredentialRejected
     | StopRequested
     | StartRequested
+    | BackupDone
+    | BackupRequested
 )
 
 
@@ -200,10 +219,15 @@ class Register:
 
 @dataclass(frozen=True)
 class StartBackups:
-    """Hand-off to the backup engine."""
+    """Registered: backups begin (the first one at once)."""
 
 
-Action = FetchPolicy | RunDetection | Register | StartBackups
+@dataclass(frozen=True)
+class RunBackup:
+    pass
+
+
+Action = FetchPolicy | RunDetection | Register | StartBackups | RunBackup
 
 
 def device_phase(device_guid: str) -> float:
@@ -361,8 +385,8 @@ def _into_backing_up(
         user_home=event.user_home,
         registered_at=event.registered_at,
     )
-    next_check = _after(now, env.timings.backup_interval, env, None)
-    return replace(entered, next_attempt_at=next_check), [StartBackups()]
+    # The first full backup right after registration: its attempt is due now.
+    return entered, [StartBackups()]
 
 
 def _on_registered(state: State, event: Registered, now: dt.datetime, env: Env) -> Result:
@@ -382,16 +406,36 @@ def _on_signed_in(state: State, event: SignedIn, now: dt.datetime, env: Env) -> 
 def _on_checked_in(state: State, event: CheckedIn, now: dt.datetime, env: Env) -> Result:
     if state.step != Step.CHECKING_IN:
         return state, []
-    checked = replace(
+    # Checked in (policy refreshed, phase reported): now the backup itself.
+    return replace(state, org=event.org, step=Step.BACKING), [RunBackup()]
+
+
+def _on_backup_done(state: State, event: BackupDone, now: dt.datetime, env: Env) -> Result:
+    if state.step != Step.BACKING:
+        return state, []
+    done = replace(
         state,
-        org=event.org,
         step=Step.IDLE,
         attempts=0,
         last_error=None,
         last_error_code=None,
+        last_backup={
+            "snapshot_id": event.snapshot_id,
+            "finished_at": event.finished_at,
+            "files": event.files,
+            "bytes": event.bytes,
+        },
         next_attempt_at=_after(now, env.timings.backup_interval, env, None),
     )
-    return checked, []
+    return done, []
+
+
+def _on_backup_requested(
+    state: State, event: BackupRequested, now: dt.datetime, env: Env
+) -> Result:
+    if state.phase != Phase.BACKING_UP or state.step != Step.IDLE:
+        return state, []  # not registered yet, stopped, or a backup already running
+    return _attempt(replace(state, next_attempt_at=now))
 
 
 def _on_credential_rejected(
@@ -455,6 +499,8 @@ _HANDLERS: dict[type, Callable[[State, Any, dt.datetime, Env], Result]] = {
     Failed: _on_failed,
     StopRequested: _on_stop,
     StartRequested: _on_start,
+    BackupDone: _on_backup_done,
+    BackupRequested: _on_backup_requested,
 }
 
 
@@ -472,6 +518,8 @@ def step(state: State, event: Event, now: dt.datetime, env: Env) -> Result:
 
 __all__ = [
     "Action",
+    "BackupDone",
+    "BackupRequested",
     "CheckedIn",
     "Configured",
     "CredentialRejected",
@@ -483,6 +531,7 @@ __all__ = [
     "PolicyFound",
     "Register",
     "Registered",
+    "RunBackup",
     "RunDetection",
     "SignedIn",
     "StartBackups",

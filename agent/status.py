@@ -9,6 +9,7 @@ from typing import Any
 
 import psutil
 
+from agent.backup.progress import PROGRESS_FILE, read_progress
 from agent.deploy_args import read_properties_file
 from agent.errors import AgentError, UsageError
 from agent.identity import IDENTITY_VERSION
@@ -98,11 +99,29 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
         "registered_at": state.registered_at,
         "stopped_by": state.stopped_by,
         "resume_phase": state.resume_phase.value if state.resume_phase else None,
-        "last_backup": None,
+        "last_backup": state.last_backup,
+        "backup_running": read_progress(paths.run / PROGRESS_FILE),
         "tray_hidden": bool(state.facts.get("cloaked", False)),
         "registration_warning": state.facts.get("registration_warning"),
         "problems": problems,
     }
+
+
+def _backup_line(status: dict[str, Any]) -> str:
+    running = status.get("backup_running")
+    if running:
+        return (
+            f"Backup running: {running.get('files', 0)} files, "
+            f"{running.get('read_bytes', 0) / 1e6:.1f} MB read, "
+            f"{running.get('sent_bytes', 0) / 1e6:.1f} MB sent"
+        )
+    last = status["last_backup"]
+    if not last:
+        return "Last backup:    none yet"
+    return (
+        f"Last backup:    {last['finished_at']} ({last['files']} files, "
+        f"{last['bytes'] / 1e6:.1f} MB, snapshot {last['snapshot_id']})"
+    )
 
 
 def render(status: dict[str, Any]) -> str:
@@ -123,7 +142,7 @@ def render(status: dict[str, Any]) -> str:
         f"User:           {status['username'] or '-'} ({status['user_home'] or 'home unknown'})",
         f"Device:         {status['device_guid'] or '-'}"
         + (f", registered {local(status['registered_at'])}" if status["registered"] else ""),
-        "Last backup:    none yet" if status["last_backup"] is None else "",
+        _backup_line(status),
     ]
     if status["stopped_by"]:
         lines.append(f"Stopped by:     {status['stopped_by']}")

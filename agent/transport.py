@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -24,6 +24,7 @@ from agent.errors import PermanentError, TransientError
 from agent.pinning import PinMismatch, pinned_context
 
 TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+PACK_TIMEOUT = 120.0
 
 
 def retry_after_seconds(value: str | None, now: dt.datetime | None = None) -> float | None:
@@ -84,12 +85,18 @@ class AuthorityClient:
         pins: Iterable[str] = (),
         proxy: str | None = None,
         timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`transport` replaces the network (an in-memory authority); pins and proxy then
+        have nothing to apply to."""
         pin_list = list(pins)
         # Without pins: the operating system's trust store (where an organization installs
         # its internal CA), not a bundle shipped with a library.
         verify = pinned_context(pin_list) if pin_list else ssl.create_default_context()
         self.url = url
+        # A pack is up to 16 MiB: on a slow uplink one write or the server's fsync of it
+        # takes longer than a JSON call may.
+        self._pack_timeout = httpx.Timeout(max(timeout, PACK_TIMEOUT), connect=min(timeout, 15.0))
         self._client = httpx.Client(
             base_url=url,
             verify=verify,
@@ -97,6 +104,7 @@ class AuthorityClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             trust_env=False,  # the installer arguments say which proxy; not the environment
             headers={"User-Agent": "holdfast-agent"},
+            transport=transport,
         )
 
     def __enter__(self) -> AuthorityClient:
@@ -108,10 +116,31 @@ class AuthorityClient:
     def close(self) -> None:
         self._client.close()
 
-    def post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
-        """POST JSON; the decoded JSON answer, or a typed error."""
+    def _send(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        *,
+        body: dict[str, Any] | None = None,
+        content: bytes | Iterable[bytes] | None = None,
+        timeout: httpx.Timeout | None = None,
+        absent_ok: bool = False,
+    ) -> httpx.Response:
+        """One request; a successful response, or a typed error (the only place that maps).
+
+        With `absent_ok`, a 404 about the thing asked for (not an unknown endpoint, which an
+        older authority answers) is returned for the caller to say what is absent.
+        """
         try:
-            response = self._client.post(path, json=body, headers=headers)
+            response = self._client.request(
+                method,
+                path,
+                json=body,
+                content=content,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
         except httpx.TimeoutException as exc:
             raise TransientError(
                 "timeout", f"the authority at {self.url} did not answer in time"
@@ -124,14 +153,28 @@ class AuthorityClient:
                 "connect_failed", f"cannot reach the authority at {self.url}: {_short(exc)}"
             ) from exc
         if response.is_success:
-            try:
-                answer = response.json()
-            except ValueError as exc:
-                raise TransientError("bad_answer", "the authority's answer was not JSON") from exc
-            if not isinstance(answer, dict):
-                raise TransientError("bad_answer", "the authority's answer was not a JSON object")
-            return answer
-        raise _error_from_response(response)
+            return response
+        error = _error_from_response(response)
+        if absent_ok and response.status_code == 404 and error.code != "no_such_endpoint":
+            return response
+        raise error
+
+    def _json(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> Any:
+        response = self._send(method, path, headers, **kw)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise TransientError("bad_answer", "the authority's answer was not JSON") from exc
+
+    def _object(self, method: str, path: str, headers: dict[str, str], **kw: Any) -> dict[str, Any]:
+        answer = self._json(method, path, headers, **kw)
+        if not isinstance(answer, dict):
+            raise TransientError("bad_answer", "the authority's answer was not a JSON object")
+        return answer
+
+    def post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        """POST JSON; the decoded JSON answer, or a typed error."""
+        return self._object("POST", path, headers, body=body)
 
     def fetch_policy(self, token: str, report: dict[str, Any]) -> dict[str, Any]:
         return self.post("/api/v1/deploy/policy", report, {"X-Deployment-Token": token})
@@ -144,7 +187,84 @@ class AuthorityClient:
         return self.post("/api/v1/deploy/sign-in", body, {"X-Deployment-Token": token})
 
     def device_policy(self, credential: str, report: dict[str, Any]) -> dict[str, Any]:
-        return self.post("/api/v1/device/policy", report, {"Authorization": f"Bearer {credential}"})
+        return self.post("/api/v1/device/policy", report, _bearer(credential))
+
+    # The backup archive (docs/backup-design.md, "Agent API").
+
+    def missing_chunks(self, credential: str, ids: list[str]) -> list[str]:
+        """Which of `ids` (at most 10,000) the authority does not hold."""
+        answer = self.post("/api/v1/device/chunks/missing", {"ids": ids}, _bearer(credential))
+        missing = answer.get("missing")
+        if not isinstance(missing, list) or not all(isinstance(i, str) for i in missing):
+            raise TransientError("bad_answer", "the authority's missing-chunks answer is malformed")
+        return missing
+
+    def put_pack(
+        self, credential: str, pack_id: str, body: bytes | Sequence[bytes], index: str
+    ) -> int:
+        """Store one pack (idempotent); `index` is the X-Holdfast-Pack-Index value.
+
+        `body` may be the pack's blobs in order: they are sent back to back with a
+        Content-Length (not chunked), never joined into one more copy of the pack.
+        """
+        parts = [body] if isinstance(body, bytes) else list(body)
+        headers = {
+            **_bearer(credential),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(sum(len(part) for part in parts)),
+            "X-Holdfast-Pack-Index": index,
+        }
+        answer = self._object(
+            "PUT",
+            f"/api/v1/device/packs/{pack_id}",
+            headers,
+            content=parts,
+            timeout=self._pack_timeout,
+        )
+        stored = answer.get("stored", 0)
+        return stored if isinstance(stored, int) else 0
+
+    def get_blob(self, credential: str, chunk_id: str) -> bytes:
+        """The stored blob's bytes, still sealed; an absent one is `chunk_not_found`."""
+        response = self._send(
+            "GET", f"/api/v1/device/chunks/{chunk_id}", _bearer(credential), absent_ok=True
+        )
+        if response.status_code == 404:
+            raise PermanentError(
+                "chunk_not_found", f"the authority does not hold chunk {chunk_id[:16]}"
+            )
+        return response.content
+
+    def commit_snapshot(self, credential: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.post("/api/v1/device/snapshots", body, _bearer(credential))
+
+    def list_snapshots(self, credential: str) -> list[dict[str, Any]]:
+        """The device's snapshots, oldest first."""
+        answer = self._json("GET", "/api/v1/device/snapshots", _bearer(credential))
+        if not isinstance(answer, list) or not all(isinstance(s, dict) for s in answer):
+            raise TransientError("bad_answer", "the authority's snapshot list is malformed")
+        return answer
+
+    def put_key(self, credential: str, key_b64: str) -> None:
+        """Escrow the backup master key (security: standard)."""
+        self._send("PUT", "/api/v1/device/key", _bearer(credential), body={"key": key_b64})
+
+    def get_key(self, credential: str) -> str | None:
+        """The escrowed master key (base64), or None when none is escrowed."""
+        response = self._send("GET", "/api/v1/device/key", _bearer(credential), absent_ok=True)
+        if response.status_code == 404:
+            return None
+        try:
+            key = response.json().get("key")
+        except (ValueError, AttributeError) as exc:
+            raise TransientError("bad_answer", "the authority's key answer is malformed") from exc
+        if not isinstance(key, str):
+            raise TransientError("bad_answer", "the authority's key answer is malformed")
+        return key
+
+
+def _bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
 
 
 def _short(exc: BaseException) -> str:

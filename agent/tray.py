@@ -124,7 +124,10 @@ class TrayModel:
             who, _, _when = (self.status.get("stopped_by") or "a user").partition(" at ")
             return f"stopped by {who}"
         if phase == "backing_up":
-            last = _clock(self.status.get("last_backup")) or "none yet"
+            if self.status.get("backup_running"):
+                return "backing up now"
+            last_backup = self.status.get("last_backup") or {}
+            last = _clock(last_backup.get("finished_at")) or "none yet"
             return f"backing up — last backup {last}"
         waiting = f"waiting for {self.status.get('waiting_for') or phase}"
         next_attempt = _clock(self.status.get("next_attempt_at"))

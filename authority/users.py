@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from authority.db import Device, Organization, User
+from authority.db import Device, Organization, SignInFailures, User
 from authority.directory import Directory, DirectoryUser, UserDirectory, disabled_error
 from authority.errors import InvalidInput, NotFound
 from authority.orgs import find_org
@@ -179,6 +179,13 @@ def reset_password(session: Session, username: str, org_name: str | None) -> tup
     password = generate_password()
     user.password_hash = hash_password(password)
     user.password_hidden = False
+    # A new password ends a sign-in lockout: the administrator has just helped the user.
+    session.execute(
+        delete(SignInFailures).where(
+            SignInFailures.org_id == user.org_id,
+            SignInFailures.username == user.username.casefold(),
+        )
+    )
     return user, password
 
 

@@ -88,8 +88,8 @@ def make_demo_user(root: Path) -> tuple[Path, Path]:
     return home, script
 
 
-def wait_for_phase(agent_home: Path, phase: str, agent: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
+def wait_for_backup(agent_home: Path, agent: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if agent.poll() is not None:
             sys.exit(f"demo failed: the agent exited ({agent.returncode})")
@@ -99,10 +99,10 @@ def wait_for_phase(agent_home: Path, phase: str, agent: subprocess.Popen[bytes])
             text=True,
             check=False,
         )
-        if status.returncode == 0 and json.loads(status.stdout)["phase"] == phase:
+        if status.returncode == 0 and json.loads(status.stdout)["last_backup"]:
             return
         time.sleep(0.3)
-    sys.exit(f"demo failed: the agent did not reach {phase} within 60 s")
+    sys.exit("demo failed: the agent did not commit its first backup within 120 s")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -125,7 +125,7 @@ def main() -> int:  # noqa: PLR0915  # a script that tells a story, one step aft
         data, agent_home = root / "authority", root / "agent"
         port = free_port()
         d = ["--data", str(data)]
-        _home, script = make_demo_user(root)
+        home, script = make_demo_user(root)
 
         step("An administrator sets up the authority (SQLite, self-signed certificate)")
         run("authority", "init", *d, "--host", "127.0.0.1", "--port", str(port))
@@ -164,14 +164,31 @@ def main() -> int:  # noqa: PLR0915  # a script that tells a story, one step aft
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            wait_for_phase(agent_home, "backing_up", agent)
+            wait_for_backup(agent_home, agent)
             print("  the agent saved its arguments, re-executed itself without them (the token")
-            print("  is not in the process list), found the policy, ran the detection script,")
-            print("  and registered silently:")
+            print("  is not in the process list), found the policy, ran the detection script")
+            print("  in its sandbox, registered silently and committed its first backup:")
             run("agent", "status", "--home", str(agent_home))
             print("  from its log:")
             for line in (agent_home / "log" / "agent.log").read_text().splitlines():
                 print(f"    {line}")
+
+            step("A user restores a file from the backup")
+            restored = root / "restored"
+            run(
+                "agent",
+                "restore",
+                "--home",
+                str(agent_home),
+                "--to",
+                str(restored),
+                "Documents/report.txt",
+            )
+            original = home / "Documents" / "report.txt"
+            copy = restored / "Documents" / "report.txt"
+            if copy.read_bytes() != original.read_bytes():
+                sys.exit("demo failed: the restored file differs from the original")
+            print(f"  {copy} is identical to {original}")
 
             step("What the administrator sees")
             run("authority", "device", "list", *d)

@@ -16,8 +16,13 @@ def authority(tmp_path: Path) -> Iterator[Authority]:
     data = tmp_path / "authority"
     port = free_port()
     initialise(data, port)
+    home = tmp_path / "home" / "jdoe"
+    (home / "Documents").mkdir(parents=True)
+    (home / "Documents" / "notes.txt").write_text("notes\n")
+    for folder in (tmp_path, tmp_path / "home", home):
+        folder.chmod(0o755)  # detection runs as an unprivileged account
     script = tmp_path / "detect_user.sh"
-    script.write_text("echo AGENT_USERNAME=jdoe@example.com\necho AGENT_USER_HOME=/home/jdoe\n")
+    script.write_text(f"echo AGENT_USERNAME=jdoe@example.com\necho AGENT_USER_HOME={home}\n")
     admin(data, "org", "create", "Demo", "--auth", "local")
     admin(data, "policy", "create", "--org", "Demo", "--script", f"linux={script}")
     server = Authority(data=data, port=port)

@@ -51,22 +51,25 @@ def devices(authority: Authority) -> list[dict[str, object]]:
     return found
 
 
-def test_happy_path_reaches_backing_up_and_says_no_backup_has_run(
+def test_happy_path_reaches_backing_up_and_commits_a_first_backup(
     authority: Authority, agent: Agent, token: str
 ) -> None:
     agent.start("--deploy-args", cp_args(authority))
-    status = agent.wait_phase("backing_up")
+    status = agent.wait_for(
+        lambda s: s["phase"] == "backing_up" and s["last_backup"] is not None,
+        what="a first backup",
+    )
     assert set(status) >= CONTRACT_KEYS
     assert status["username"] == "jdoe@example.com"
-    assert status["user_home"] == "/home/jdoe"
+    assert status["user_home"] == str(authority.data.parent / "home" / "jdoe")
     assert status["org"] == "Demo"
     assert status["deployment_url"] == authority.url
-    assert status["last_backup"] is None
+    assert status["last_backup"]["files"] == 1
     assert status["last_error"] is None
     [device] = devices(authority)
     assert device["guid"] == status["device_guid"]
     assert device["registered"] is True
-    assert "no backup has run" in agent.log()
+    assert "Completed backup" in agent.log()
     assert agent.stop() == 0  # SIGTERM is a clean exit
     after = agent.status()
     assert after["phase"] == "backing_up" and after["daemon_running"] is False

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from agent.lifecycle import (
     Action,
+    BackupDone,
+    BackupRequested,
     CheckedIn,
     Configured,
     CredentialRejected,
@@ -24,6 +26,7 @@ from agent.lifecycle import (
     PolicyFound,
     Register,
     Registered,
+    RunBackup,
     RunDetection,
     SignedIn,
     StartBackups,
@@ -149,7 +152,8 @@ def test_awaiting_registration_attempt_fetches_detects_then_registers() -> None:
 def test_awaiting_registration_to_backing_up_on_registered() -> None:
     state, actions = step(at(AWAITING_REGISTRATION, REGISTERING), REGISTERED, NOW, ENV)
     expected = entered(BACKING_UP, username="alice@example.com", user_home="/home/alice")
-    expected = replace(expected, registered_at="2026-01-01T00:00:00Z", next_attempt_at=after(900))
+    # The first full backup is due at once.
+    expected = replace(expected, registered_at="2026-01-01T00:00:00Z", next_attempt_at=NOW)
     assert (state, actions) == (expected, [StartBackups()])
 
 
@@ -240,7 +244,7 @@ def test_awaiting_sign_in_to_backing_up_on_signed_in() -> None:
         username="alice@example.org",
         user_home="/home/alice",
         registered_at="2026-01-01T00:00:00Z",
-        next_attempt_at=after(900),
+        next_attempt_at=NOW,
     )
     assert (state, actions) == (expected, [StartBackups()])
 
@@ -308,12 +312,41 @@ def test_awaiting_sign_in_retries_after_registration_retry_on_detection_failure(
 # BACKING_UP
 
 
-def test_backing_up_checks_in_every_backup_interval() -> None:
+def test_backing_up_checks_in_then_backs_up_every_backup_interval() -> None:
     state, actions = step(at(BACKING_UP), Tick(), NOW, ENV)
     assert (state, actions) == (at(BACKING_UP, CHECKING_IN), [FetchPolicy(as_device=True)])
     state, actions = step(state, CheckedIn(org="acme-renamed"), NOW, ENV)
-    expected = entered(BACKING_UP, since=EARLIER, org="acme-renamed", next_attempt_at=after(900))
+    assert (state.step, state.org, actions) == (Step.BACKING, "acme-renamed", [RunBackup()])
+    done = BackupDone(snapshot_id="s1", finished_at="2026-01-01T00:01:00+00:00", files=3, bytes=9)
+    state, actions = step(state, done, NOW, ENV)
+    expected = entered(
+        BACKING_UP,
+        since=EARLIER,
+        org="acme-renamed",
+        next_attempt_at=after(900),
+        last_backup={
+            "snapshot_id": "s1",
+            "finished_at": "2026-01-01T00:01:00+00:00",
+            "files": 3,
+            "bytes": 9,
+        },
+    )
     assert (state, actions) == (expected, [])
+
+
+def test_a_failed_backup_is_retried_after_backup_interval_without_a_snapshot() -> None:
+    state, actions = step(at(BACKING_UP, Step.BACKING), DOWN, NOW, ENV)
+    assert (state, actions) == (failing(BACKING_UP, DOWN, 900), [])
+    assert state.last_backup is None
+
+
+def test_backup_requested_starts_an_attempt_at_once_only_when_idle_in_backing_up() -> None:
+    state, actions = step(at(BACKING_UP, next_attempt_at=after(900)), BackupRequested(), NOW, ENV)
+    assert (state.step, actions) == (CHECKING_IN, [FetchPolicy(as_device=True)])
+    busy = at(BACKING_UP, Step.BACKING)
+    assert step(busy, BackupRequested(), NOW, ENV) == (busy, [])
+    waiting = at(AWAITING_POLICY)
+    assert step(waiting, BackupRequested(), NOW, ENV) == (waiting, [])
 
 
 def test_backing_up_stays_on_check_in_failure_and_retries_after_backup_interval() -> None:

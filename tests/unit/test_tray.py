@@ -85,7 +85,10 @@ def model_of(body: dict[str, Any], recorder: Recorder | None = None, **kw: Any) 
     [
         (status("backing_up"), "Holdfast: backing up — last backup none yet"),
         (
-            status("backing_up", last_backup=TEN_FIVE),
+            status(
+                "backing_up",
+                last_backup={"finished_at": TEN_FIVE, "files": 1, "bytes": 1, "snapshot_id": "s"},
+            ),
             "Holdfast: backing up — last backup 10:05",
         ),
         (
