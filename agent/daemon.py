@@ -430,6 +430,9 @@ class Daemon:
             self._renew_if_cloned(exc)
             raise sign_in_failure(exc) from None
         log.info("signed in: device %s registered to %r", result.device_guid, result.username)
+        self.state = replace(
+            self.state, facts={**self.state.facts, "registration_warning": result.warning}
+        )
         self.feed(SignedIn(result.username, home, result.registered_at))
         return {"phase": self.state.phase.value, "username": self.state.username}
 
