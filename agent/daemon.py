@@ -15,15 +15,13 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psutil
 
 from agent import __version__, logs
-from agent.backup.engine import run_backup
-from agent.backup.progress import PROGRESS_FILE, ProgressFile
+from agent.backup.schedule import back_up_home
 from agent.config import AgentConfig
 from agent.config import load as load_config
 from agent.control import ControlRequest, ControlServer, Peer, RequestQueue, authorize
@@ -34,7 +32,6 @@ from agent.errors import AgentError, ContactError, PermanentError, Refused, Usag
 from agent.identity import Identity, hardware_id, load_or_create, renew
 from agent.lifecycle import (
     Action,
-    BackupDone,
     BackupRequested,
     CheckedIn,
     Configured,
@@ -444,38 +441,23 @@ class Daemon:
                 self.identity.guid,
             )
 
-    def _backup(self) -> Event:
+    def _backup(self) -> Event | None:
         credential = load_credential(self.paths.credential)
         if credential is None or not self.state.user_home:
             return CredentialRejected("the device credential is missing; registering again")
         settings = self.policy.settings if self.policy else self.state.facts.get("settings") or {}
-        progress = ProgressFile(self.paths.run / PROGRESS_FILE)
         if not self.stopping:
             self.backup_cancel.clear()
-        log.info("Starting backup of %s", self.state.user_home)
-        try:
-            with self._client() as client:
-                result = run_backup(
-                    client,
-                    credential,
-                    Path(self.state.user_home),
-                    list(settings.get("exclude") or []),
-                    self.paths.state,
-                    progress=progress.update,
-                    cancel=self.backup_cancel,
-                    security=str(settings.get("security", "standard")),
-                )
-        finally:
-            progress.clear()
-        log.info(
-            "Completed backup: snapshot %s, %d files, %d bytes, %d new bytes sent%s",
-            result.snapshot_id,
-            result.files,
-            result.bytes,
-            result.new_bytes,
-            f"; partial: {len(result.warnings)} files could not be read" if result.partial else "",
-        )
-        return BackupDone(result.snapshot_id, result.finished_at, result.files, result.bytes)
+        with self._client() as client:
+            return back_up_home(
+                client,
+                credential,
+                self.state.user_home,
+                settings,
+                state_dir=self.paths.state,
+                run_dir=self.paths.run,
+                cancel=self.backup_cancel,
+            )
 
     def _register(self, action: Register) -> Event:
         assert self.args is not None and self.identity is not None
