@@ -296,6 +296,10 @@ def _make_scratch(account: Account, filename: str, payload: bytes) -> str:
 def _resolve_interpreter(interpreter: Sequence[str]) -> list[str]:
     """The interpreter's argv with its program made absolute; `interpreter_missing` if absent."""
     program = interpreter[0]
+    if sys.platform == "win32":
+        # powershell.exe and cmd.exe come from System32 through the Windows sandbox's own
+        # environment; the POSIX search path below means nothing there.
+        return list(interpreter)
     if os.path.isabs(program):
         resolved: str | None = program
     else:  # a bare name is looked up on the script's PATH; a relative path means nothing here

@@ -324,11 +324,19 @@ if sys.platform == "win32":
         started = time.monotonic()
         cap = chosen.settings.output_cap
         # The restricted token passes only where RESTRICTED is granted too: grant the scratch.
-        subprocess.run(
+        granted = subprocess.run(
             ["icacls", scratch, "/grant", f"*{RESTRICTED_SID}:(OI)(CI)M"],
             capture_output=True,
-            check=True,
+            check=False,
         )
+        if granted.returncode != 0:
+            # A DetectionError, not CalledProcessError: the daemon turns it into a failed
+            # attempt instead of losing its loop.
+            raise DetectionError(
+                "start_failed",
+                f"could not open the scratch folder to the restricted token (icacls exit "
+                f"{granted.returncode})",
+            )
         job = _job(job_limits(Limits.for_run(timeout_s, 0)))
         try:
             process, out_r, err_r = _spawn(command(argv[:-1], argv[-1]), scratch, job)
