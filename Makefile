@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-serve test lint typecheck unit clean
+.PHONY: demo demo-serve test lint typecheck unit clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ demo-serve: $(STAMP)
 	$(BIN)/python demo/flow.py --serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent authority tests demo
-	$(BIN)/ruff format --check agent authority tests demo
+	$(BIN)/ruff check agent authority tests demo benchmarks
+	$(BIN)/ruff format --check agent authority tests demo benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -33,3 +33,6 @@ test: lint typecheck
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/backup_vs_restic.py
