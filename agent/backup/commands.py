@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from agent.backup.progress import eta_seconds
 from agent.backup.restore import list_snapshots, restore
 from agent.control import call
 from agent.device import registered_access
@@ -19,14 +21,36 @@ from agent.status import collect
 POLL_SECONDS = 0.5
 
 
-def _progress_line(running: dict[str, object], started: float) -> str:
-    read = float(str(running.get("read_bytes", 0)))
-    elapsed = max(0.1, time.monotonic() - started)
-    return (
-        f"\rbacking up: {running.get('files', 0)} files, {read / 1e6:.1f} MB read, "
-        f"{float(str(running.get('sent_bytes', 0))) / 1e6:.1f} MB sent, "
-        f"{read / 1e6 / elapsed:.1f} MB/s   "
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    # mm:ss, with the hours in front once there are any: a first backup over a slow link
+    # can take hours, which bare mm:ss would show as three-digit minutes.
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def progress_line(running: Mapping[str, Any]) -> str:
+    """The one-line progress `backup-now` keeps rewriting: files, MB read (of the total
+    once the scan has ended), the daemon's recent read rate and the ETA."""
+    read = _number(running.get("read_bytes")) / 1e6
+    total = running.get("total_bytes")
+    amount = (
+        f"{read:.1f} MB read / {_number(total) / 1e6:.1f} MB total"
+        if isinstance(total, int | float)
+        else f"{read:.1f} MB read"
     )
+    eta = eta_seconds(running)
+    return (
+        f"\rbacking up: {_number(running.get('files'))} files, {amount}, "
+        f"{_number(running.get('rate_bps')) / 1e6:.1f} MB/s, "
+        f"ETA {'unknown' if eta is None else _clock(eta)}   "
+    )
+
+
+def _number(value: object) -> int | float:
+    """A counter of the progress file, 0 when absent (a daemon of an older version)."""
+    return value if isinstance(value, int | float) else 0
 
 
 def backup_now(paths: AgentPaths, err: TextIO = sys.stderr) -> int:
@@ -38,7 +62,6 @@ def backup_now(paths: AgentPaths, err: TextIO = sys.stderr) -> int:
         )
     previous = answer.get("previous_backup")
     before = collect(paths)
-    started = time.monotonic()
     seen_running = False
     while True:
         time.sleep(POLL_SECONDS)
@@ -58,7 +81,7 @@ def backup_now(paths: AgentPaths, err: TextIO = sys.stderr) -> int:
         running = status.get("backup_running")
         if running:
             seen_running = True
-            err.write(_progress_line(running, started))
+            err.write(progress_line(running))
             err.flush()
         elif status["attempts"] > before["attempts"] and (seen_running or status["last_error"]):
             err.write("\n")
@@ -107,4 +130,4 @@ def restore_command(
     return 0 if result.ok else 1
 
 
-__all__ = ["backup_now", "restore_command", "snapshots"]
+__all__ = ["backup_now", "progress_line", "restore_command", "snapshots"]

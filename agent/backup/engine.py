@@ -40,6 +40,7 @@ from agent.backup.scanner import (
     open_source,
     scan,
 )
+from agent.backup.throttle import UploadLimit
 from agent.backup.uploader import Uploader
 from agent.errors import BackupCancelled, BackupError
 from agent.transport import AuthorityClient
@@ -61,6 +62,9 @@ class BackupProgress:
     sent_bytes: int
     chunks_uploaded: int
     current: str | None
+    # Bytes of the files this run reads, known once the scan has ended (the scan streams
+    # into the reading); None before, when no honest estimate of the rest exists.
+    to_read_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,24 @@ class _Run:
         # turns out to have lost one of their chunks.
         self.reused: list[tuple[int, Entry, CachedFile]] = []
         self.files = self.bytes = self.files_read = self.read_bytes = 0
+        self.to_read_bytes = 0
+        self.scan_done = False
         self._last_report = 0.0
 
     def walk(self, exclude: list[str], skip: Iterable[Path]) -> None:
         found = scan(self.home, exclude, self.report, skip=tuple(skip))
-        for batch in _batched(found, SCAN_BATCH):
+        for batch in _batched(self._until_scanned(found), SCAN_BATCH):
             cached = self.cache.lookup([e.path for e in batch if e.kind == "file"])
+            # Decided for the whole batch before reading it, so that once the scan has
+            # ended the progress knows every byte still to read.
+            reasons = {
+                e.path: file_changed(e.stat, cached[e.path].stat if e.path in cached else None)
+                for e in batch
+                if e.kind == "file"
+            }
+            self.to_read_bytes += sum(
+                e.stat.size for e in batch if e.kind == "file" and reasons[e.path] is not None
+            )
             unchanged: list[str] = []
             read: list[tuple[str, FileStat, list[str]]] = []
             for entry in batch:
@@ -128,7 +144,7 @@ class _Run:
                     self.entries.append(manifest.entry_document(entry))
                     continue
                 hit = cached.get(entry.path)
-                reason = file_changed(entry.stat, hit.stat if hit else None)
+                reason = reasons[entry.path]
                 if reason is None and hit is not None:
                     self.reused.append((len(self.entries), entry, hit))
                     self._add_file(entry, entry.stat.size, hit.chunks)
@@ -142,6 +158,11 @@ class _Run:
             self.cache.seen(unchanged)
             self.cache.record(read)
             self._tick(None, force=True)
+        self._tick(None, force=True)  # a last full batch learns the scan ended only now
+
+    def _until_scanned(self, found: Iterable[Entry]) -> Iterator[Entry]:
+        yield from found
+        self.scan_done = True
 
     def recover_lost(self) -> None:
         """Re-read unchanged files whose cached chunks the authority no longer holds."""
@@ -150,6 +171,7 @@ class _Run:
             return
         stale = [(i, e) for i, e, hit in self.reused if self.uploader.lost & set(hit.chunks)]
         self.cache.forget(e.path for _, e in stale)
+        self.to_read_bytes += sum(e.stat.size for _, e in stale)
         read: list[tuple[str, FileStat, list[str]]] = []
         for index, entry in stale:
             self.check_cancel()
@@ -247,6 +269,7 @@ class _Run:
                 sent_bytes=self.uploader.sent_bytes,
                 chunks_uploaded=self.uploader.chunks_uploaded,
                 current=current,
+                to_read_bytes=self.to_read_bytes if self.scan_done else None,
             )
         )
 
@@ -269,12 +292,14 @@ def run_backup(
     workers: int = 4,
     cancel: threading.Event | None = None,
     security: str = "standard",
+    limit: UploadLimit | None = None,
 ) -> BackupResult:
     """Back up `home` to the device's archive on the authority; the committed snapshot.
 
     Raises TransientError / PermanentError when the authority could not be used (after
     three quick attempts per request), BackupError when the agent's own state or the home
-    folder stops the run, BackupCancelled when `cancel` was set.
+    folder stops the run, BackupCancelled when `cancel` was set. `limit` caps the upload
+    rate (the policy's bandwidth limit); None sends as fast as the link allows.
     """
     if security != "standard" and security not in _warned_security:
         _warned_security.add(security)
@@ -287,7 +312,7 @@ def run_backup(
     cache = FilesCache(state_dir)
     try:
         keys = ensure_key(client, credential, state_dir, retry)
-        with Uploader(client, credential, keys, retry, workers=workers) as uploader:
+        with Uploader(client, credential, keys, retry, workers=workers, limit=limit) as uploader:
             run = _Run(
                 home, keys=keys, cache=cache, uploader=uploader, progress=progress, cancel=cancel
             )

@@ -7,7 +7,9 @@ runs beside the reading), so a run resumed after an interruption neither re-encr
 re-sends what already arrived.
 
 Memory stays bounded: the pending list holds at most `PENDING_BYTES`, and at most
-`workers` packs are in flight; the reader waits for a free slot (back-pressure).
+`workers` packs are in flight; the reader waits for a free slot (back-pressure). Under the
+policy's bandwidth limit the workers share one `UploadLimit`, so that back-pressure also
+slows the reading down to the limit.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from agent.backup.blobs import BLOB_OVERHEAD, seal
 from agent.backup.keys import Subkeys
 from agent.backup.packer import Pack, Packer
 from agent.backup.retry import Retrier
+from agent.backup.throttle import UploadLimit
 from agent.transport import AuthorityClient
 
 log = logging.getLogger(logs.LOGGER)
@@ -52,6 +55,7 @@ class Uploader:
         *,
         workers: int = 4,
         pending_bytes: int = PENDING_BYTES,
+        limit: UploadLimit | None = None,
     ) -> None:
         self.client = client
         self.credential = credential
@@ -59,6 +63,7 @@ class Uploader:
         self.retry = retry
         self.workers = max(1, workers)
         self.pending_bytes = pending_bytes
+        self.limit = limit
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="holdfast-upload")
         self._inflight: set[Future[_Sent]] = set()
         self._pending: Batch = []
@@ -201,13 +206,15 @@ class Uploader:
             packer.add(cid, seal(self.keys, cid, data))
             del data
         pack: Pack = packer.finish()
-        self.retry(
-            partial(
-                self.client.put_pack, self.credential, pack.pack_id, pack.parts, pack.index_header
-            )
-        )
+        self.retry(partial(self._put, pack))
         log.debug("pack %s uploaded: %d blobs, %d bytes", pack.pack_id[:12], chunks, pack.size)
         return _Sent(chunks, plain, pack.size)
+
+    def _put(self, pack: Pack) -> None:
+        # Each attempt pays for its bytes: a retry sends the whole pack again.
+        if self.limit is not None:
+            self.limit.take(pack.size)
+        self.client.put_pack(self.credential, pack.pack_id, pack.parts, pack.index_header)
 
 
 __all__ = ["MISSING_BATCH", "Uploader"]
