@@ -222,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a full disk, a read-only target: one sentence, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"holdfast: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 __all__ = ["build_parser", "main"]

@@ -446,7 +446,8 @@ class Daemon:
         if credential is None or not self.state.user_home:
             return CredentialRejected("the device credential is missing; registering again")
         settings = self.policy.settings if self.policy else self.state.facts.get("settings") or {}
-        if not self.stopping:
+        if not self.stopping and self.requests.empty():
+            # A stop that arrived during the check-in is still queued: keep it cancelling.
             self.backup_cancel.clear()
         with self._client() as client:
             return back_up_home(

@@ -6,6 +6,7 @@ Shared by the daemon and by the commands that talk to the authority themselves
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 from agent.deploy_args import DeployArgs, read_properties_file
@@ -32,6 +33,11 @@ def authority_client(
 
 def registered_access(paths: AgentPaths) -> tuple[AuthorityClient, str]:
     """A client and the device credential, for a command run by an administrator."""
+    if paths.deploy_properties.exists() and not os.access(paths.deploy_properties, os.R_OK):
+        raise Refused(
+            "only an administrator can read this device's settings and credential: run with "
+            "sudo (or as Administrator)"
+        )
     try:
         args = read_properties_file(paths.deploy_properties)
         credential = load_credential(paths.credential)

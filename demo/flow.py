@@ -198,7 +198,9 @@ def main() -> int:  # noqa: PLR0915  # a script that tells a story, one step aft
                     f"\nThe authority ({url}, data {data}) and the agent (home {agent_home}) keep "
                     f"running.\nTry: holdfast status --home {agent_home}\nCtrl-C stops both."
                 )
-                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+                wanted = {signal.SIGINT, signal.SIGTERM}
+                signal.pthread_sigmask(signal.SIG_BLOCK, wanted)  # delivered to sigwait only
+                signal.sigwait(wanted)
         except KeyboardInterrupt:
             pass
         finally:

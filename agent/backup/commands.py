@@ -68,6 +68,8 @@ def backup_now(paths: AgentPaths, err: TextIO = sys.stderr) -> int:
         status = collect(paths)
         if not status["daemon_running"]:
             raise AgentError("the agent stopped before the backup finished")
+        if status["phase"] == "stopped":
+            raise AgentError(f"the backup was interrupted: stopped by {status['stopped_by']}")
         last = status["last_backup"] or {}
         # A backup with nothing new may commit the same snapshot again: the finish time
         # tells this backup from the one before.
