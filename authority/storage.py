@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from authority.datadir import write_atomic
@@ -146,7 +147,13 @@ def _insert_ignoring_duplicates(
     elif dialect == "postgresql":
         session.execute(postgresql.insert(model).on_conflict_do_nothing(), rows)
     else:
-        raise NotImplementedError(f"the chunk index does not support {dialect} yet")
+        # Any other database: one row at a time, a duplicate simply skipped.
+        for row in rows:
+            try:
+                with session.begin_nested():
+                    session.execute(insert(model), row)
+            except IntegrityError:
+                pass
 
 
 class FileChunkStore:

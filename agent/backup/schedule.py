@@ -28,6 +28,8 @@ BACKUP_NICE = 10
 # (a build, a VM, a database) the idle class can starve a backup for good.
 BACKUP_IO_LEVEL = 7
 BatteryProbe = Callable[[], object]  # psutil.sensors_battery: a reading, or None without one
+# psutil offers no battery reading on some systems at all: there, no battery.
+_SENSORS_BATTERY: BatteryProbe = getattr(psutil, "sensors_battery", lambda: None)
 _PRIORITY_ERRORS = (psutil.Error, OSError, ValueError)
 _notices: set[str] = set()  # holds already logged, so a long hold is one line, not one a try
 
@@ -41,7 +43,7 @@ def back_up_home(
     state_dir: Path,
     run_dir: Path,
     cancel: threading.Event,
-    battery: BatteryProbe = psutil.sensors_battery,
+    battery: BatteryProbe = _SENSORS_BATTERY,
 ) -> BackupDone | None:
     """The committed snapshot as a lifecycle event; None when a stop interrupted the run.
 
@@ -97,12 +99,12 @@ def back_up_home(
     return BackupDone(result.snapshot_id, result.finished_at, result.files, result.bytes)
 
 
-def on_battery(probe: BatteryProbe = psutil.sensors_battery) -> bool:
+def on_battery(probe: BatteryProbe = _SENSORS_BATTERY) -> bool:
     """Whether the device runs on battery; a device without one, or one that cannot tell,
     is plugged in (a probe that fails must not stop backups for good)."""
     try:
         reading = probe()
-    except (psutil.Error, OSError, NotImplementedError) as exc:
+    except (psutil.Error, OSError) as exc:
         log.debug("cannot read the battery state (%s); taking the device as plugged in", exc)
         return False
     return reading is not None and getattr(reading, "power_plugged", None) is False

@@ -25,6 +25,7 @@ from agent.backup.schedule import back_up_home, low_priority, on_battery
 from agent.backup.throttle import UploadLimit
 from agent.errors import TransientError
 from agent.lifecycle_model import BackupDone
+from tests.conftest import require_tool
 from tests.unit.test_backup_engine import backup
 from tests.unit.test_backup_fake import CREDENTIAL, FakeAuthority
 
@@ -254,11 +255,11 @@ def _readings() -> tuple[int, tuple[int, int]]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice and ionice are Linux's")
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0,
-    reason="only root may raise a thread's priority back, which the restore needs",
-)
 def test_the_backup_thread_and_its_workers_run_at_nice_10_and_lowest_best_effort_io() -> None:
+    require_tool(
+        hasattr(os, "geteuid") and os.geteuid() == 0,
+        "only root may raise a thread's priority back, which the restore needs",
+    )
     seen: dict[str, Any] = {}
 
     def backup_thread() -> None:

@@ -421,10 +421,16 @@ def test_the_fallback_tray_is_detached_with_an_allow_listed_environment(
     assert "HOLDFAST_SECRET_OF_THE_INSTALLER" not in environment
 
 
-def test_macos_finds_no_one_at_the_screen_of_a_system_without_a_console_user() -> None:
-    if Path("/dev/console").exists() and Path("/dev/console").stat().st_uid != 0:
-        pytest.skip("someone owns /dev/console here")
-    assert service_macos.console_session() == []
+def test_macos_names_the_console_owner_and_no_one_when_root_or_a_system_account_owns_it() -> None:
+    import pwd
+
+    uid = Path("/dev/console").stat().st_uid
+    sessions = [s.user for s in service_macos.console_session()]
+    if uid == 0:
+        assert sessions == []  # the login window: no one at the screen
+    else:
+        name = pwd.getpwuid(uid).pw_name
+        assert sessions == ([] if name.startswith("_") else [name])
 
 
 # Windows: the service host, whose pywin32 half runs on Windows alone

@@ -302,3 +302,15 @@ def test_a_pack_written_before_an_interrupted_index_is_indexed_on_upload_again(
     assert file_store.missing(ARCHIVE_A, [index[0][0]]) == [index[0][0]]
     file_store.put_pack(ARCHIVE_A, pack_id, data, index)
     assert file_store.get_blob(ARCHIVE_A, index[0][0]) == data
+
+
+def test_a_database_without_insert_or_ignore_still_stores_a_pack_twice_idempotently(
+    tmp_path: Path, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither SQLite nor PostgreSQL: the row-by-row path with savepoints.
+    monkeypatch.setattr(database.engine.dialect, "name", "other")
+    store = FileChunkStore(tmp_path / "store", database)
+    pack_id, data, index = make_pack(b"one", b"two")
+    assert store.put_pack("device-a", pack_id, data, index) == 2
+    assert store.put_pack("device-a", pack_id, data, index) == 2
+    assert store.missing("device-a", [entry[0] for entry in index]) == []
