@@ -56,7 +56,7 @@ from agent.lifecycle import (
     device_phase,
     step,
 )
-from agent.logs import log_transition
+from agent.logs import log_transition, when
 from agent.paths import AgentPaths
 from agent.policy import Policy, this_os
 from agent.registration import load_credential, register, sign_in, sign_in_failure
@@ -72,10 +72,6 @@ MAX_SLEEP_SECONDS = 3600.0
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _when(moment: dt.datetime | None) -> str:
-    return moment.astimezone().isoformat(timespec="seconds") if moment else "-"
 
 
 class Daemon:
@@ -184,7 +180,7 @@ class Daemon:
     def _on_control(self, command: str, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Runs on a control thread: decide who may, then let the loop do it."""
         if command == "status":
-            return {**collect(self.paths), "daemon_running": True}  # it is us answering
+            return collect(self.paths)
         settings = self.policy.settings if self.policy else self.state.facts.get("settings") or {}
         decision = authorize(
             command,
@@ -204,7 +200,7 @@ class Daemon:
         return self.requests.submit(command, args, peer)
 
     def _carry_out(self, request: ControlRequest) -> None:
-        by = f"{request.peer.name} at {_when(self.clock())}"
+        by = f"{request.peer.name} at {when(self.clock())}"
         if request.command == "stop":
             log.info("stop requested by %s", request.peer.describe())
             self.feed(StopRequested(by))

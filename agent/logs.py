@@ -104,7 +104,8 @@ def setup(log_file: Path, level: str = "info", console: bool = False) -> logging
     return logger
 
 
-def _when(moment: dt.datetime | None) -> str:
+def when(moment: dt.datetime | None) -> str:
+    """A moment as support staff read it in the log: local time with its offset."""
     return moment.astimezone().isoformat(timespec="seconds") if moment else "-"
 
 
@@ -114,7 +115,7 @@ def log_transition(before: State, after: State, event: Event) -> None:
     phase_filter.phase = after.phase.value
     if before.phase != after.phase:
         upcoming = (
-            f"; next attempt at {_when(after.next_attempt_at)}" if after.next_attempt_at else ""
+            f"; next attempt at {when(after.next_attempt_at)}" if after.next_attempt_at else ""
         )
         logger.info(
             "phase %s -> %s (%s)%s",
@@ -132,7 +133,7 @@ def log_transition(before: State, after: State, event: Event) -> None:
             event.message,
             event.code,
             after.attempts,
-            _when(after.next_attempt_at),
+            when(after.next_attempt_at),
         )
 
 
@@ -152,4 +153,5 @@ __all__ = [
     "phase_filter",
     "redactor",
     "setup",
+    "when",
 ]

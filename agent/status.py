@@ -37,13 +37,13 @@ def read_pid_file(paths: AgentPaths) -> int | None:
             return None  # the pid was reused by another process
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return None
-    return pid if os.getpid() != pid else None
+    return pid
 
 
 def claim_pid_file(paths: AgentPaths, version: str) -> None:
     """Record this process as the running daemon; refuses when another one runs."""
     existing = read_pid_file(paths)
-    if existing is not None:
+    if existing is not None and existing != os.getpid():
         raise AgentError(f"the agent is already running (pid {existing})")
     me = psutil.Process()
     body = {"pid": me.pid, "create_time": me.create_time(), "version": version}

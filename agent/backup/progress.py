@@ -19,10 +19,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.backup.engine import BackupProgress
 from agent.state import write_atomic
+
+if TYPE_CHECKING:  # the engine is heavy; `holdfast status` reads progress without it
+    from agent.backup.engine import BackupProgress
 
 PROGRESS_FILE = "progress.json"
 INTERVAL_SECONDS = 0.5

@@ -24,6 +24,7 @@ from authority.errors import AuthorityError
 from authority.policies import agent_document, policy_for_token, require_active
 from authority.registration import (
     DeviceReport,
+    Registration,
     RegistrationRequest,
     device_for_credential,
     record_report,
@@ -133,6 +134,21 @@ class RegisterResponse(BaseModel):
         "restore until the mapping is fixed",
     )
 
+    @classmethod
+    def of(cls, result: Registration, org: str) -> RegisterResponse:
+        """The answer to a registration, however the device got it (token or sign-in)."""
+        assert result.device.registered_at is not None
+        return cls(
+            device_guid=result.device.guid,
+            credential=result.credential,
+            org=org,
+            username=result.user.username,
+            user_created=result.user_created,
+            already_registered=result.already_registered,
+            registered_at=result.device.registered_at.isoformat(),
+            warning=result.warning,
+        )
+
 
 def _report(body: AgentReport, os_name: str) -> DeviceReport:
     return DeviceReport(
@@ -185,17 +201,7 @@ def register_device(
             ),
             directories=directories,
         )
-        assert result.device.registered_at is not None
-        return RegisterResponse(
-            device_guid=result.device.guid,
-            credential=result.credential,
-            org=policy.org.name,
-            username=result.user.username,
-            user_created=result.user_created,
-            already_registered=result.already_registered,
-            registered_at=result.device.registered_at.isoformat(),
-            warning=result.warning,
-        )
+        return RegisterResponse.of(result, policy.org.name)
 
     record = partial(
         record_apart,
@@ -323,17 +329,7 @@ def sign_in_device(
         )
         if isinstance(outcome, AuthorityError):
             return outcome
-        assert outcome.device.registered_at is not None
-        return RegisterResponse(
-            device_guid=outcome.device.guid,
-            credential=outcome.credential,
-            org=policy.org.name,
-            username=outcome.user.username,
-            user_created=outcome.user_created,
-            already_registered=outcome.already_registered,
-            registered_at=outcome.device.registered_at.isoformat(),
-            warning=outcome.warning,
-        )
+        return RegisterResponse.of(outcome, policy.org.name)
 
     record = partial(
         record_apart,
