@@ -235,6 +235,18 @@ class AuthorityClient:
             )
         return response.content
 
+    def get_blobs(self, credential: str, ids: list[str]) -> list[tuple[str, bytes | None]]:
+        """Many stored blobs in one request, still sealed, None for one not stored.
+
+        The answer may hold only the first ones (the authority bounds its size); the
+        caller asks again for the rest. An authority older than this call answers
+        `no_such_endpoint`.
+        """
+        response = self._send(
+            "POST", "/api/v1/device/chunks/fetch", _bearer(credential), body={"ids": ids}
+        )
+        return _unframe_blobs(response.content, set(ids))
+
     def commit_snapshot(self, credential: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.post("/api/v1/device/snapshots", body, _bearer(credential))
 
@@ -261,6 +273,25 @@ class AuthorityClient:
         if not isinstance(key, str):
             raise TransientError("bad_answer", "the authority's key answer is malformed")
         return key
+
+
+def _unframe_blobs(data: bytes, asked: set[str]) -> list[tuple[str, bytes | None]]:
+    """Split a `/chunks/fetch` answer: per blob 64 hex digits of id, a 4-byte big-endian
+    length, the bytes; length 0 means "not stored"."""
+    blobs: list[tuple[str, bytes | None]] = []
+    view = memoryview(data)
+    at = 0
+    while at < len(data):
+        head = bytes(view[at : at + 68])
+        chunk_id = head[:64].decode("ascii", "replace")
+        length = int.from_bytes(head[64:68], "big")
+        if len(head) < 68 or chunk_id not in asked or at + 68 + length > len(data):
+            raise TransientError("bad_answer", "the authority's blob answer is malformed")
+        blobs.append((chunk_id, bytes(view[at + 68 : at + 68 + length]) if length else None))
+        at += 68 + length
+    if not blobs:
+        raise TransientError("bad_answer", "the authority answered no blob")
+    return blobs
 
 
 def _bearer(credential: str) -> dict[str, str]:

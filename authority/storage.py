@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,6 +71,16 @@ class ChunkStore(Protocol):
 
     def get_blob(self, archive: str, chunk_id: str) -> bytes:
         """The blob's bytes, exactly as uploaded; NotFound (`chunk_not_found`) if absent."""
+        ...
+
+    def get_blobs(
+        self, archive: str, ids: Sequence[str], max_bytes: int
+    ) -> list[tuple[str, bytes | None]]:
+        """The blobs of `ids` (each once, in the order given), None for one not stored.
+
+        The answer is a prefix: it stops before its blobs pass `max_bytes` in total, but
+        always holds the first id's; the caller asks again for the rest.
+        """
         ...
 
     def usage(self, archive: str) -> int:
@@ -131,6 +141,17 @@ def check_pack(pack_id: str, data: bytes, index: Sequence[IndexEntry]) -> None:
             f"the pack's SHA-256 is {actual}, not its id {pack_id}: damaged in transit?",
             code="pack_hash_mismatch",
         )
+
+
+def prefix_within(wanted: list[str], lengths: dict[str, int], max_bytes: int) -> list[str]:
+    """The leading ids of `wanted` whose blobs fit in `max_bytes` together (at least one);
+    an id not stored costs nothing."""
+    total = 0
+    for n, cid in enumerate(wanted):
+        total += lengths.get(cid, 0)
+        if total > max_bytes and n > 0:
+            return wanted[:n]
+    return wanted
 
 
 def _insert_ignoring_duplicates(
@@ -214,34 +235,65 @@ class FileChunkStore:
         return len(index)
 
     def get_blob(self, archive: str, chunk_id: str) -> bytes:
-        check_archive(archive)
-        check_chunk_id(chunk_id)
-        with self.db.transaction() as session:
-            row = session.execute(
-                select(StoredChunk.pack_id, StoredChunk.offset, StoredChunk.length).where(
-                    StoredChunk.archive == archive, StoredChunk.chunk_id == chunk_id
-                )
-            ).one_or_none()
-        if row is None:
+        ((_, blob),) = self.get_blobs(archive, [chunk_id], 0)
+        if blob is None:
             raise NotFound(f"chunk {chunk_id} is not stored", code="chunk_not_found")
-        pack_id, offset, length = row
+        return blob
+
+    def get_blobs(
+        self, archive: str, ids: Sequence[str], max_bytes: int
+    ) -> list[tuple[str, bytes | None]]:
+        check_archive(archive)
+        wanted = list(dict.fromkeys(check_chunk_id(i) for i in ids))
+        where: dict[str, tuple[str, int, int]] = {}
+        with self.db.transaction() as session:
+            for start in range(0, len(wanted), QUERY_BATCH):
+                batch = wanted[start : start + QUERY_BATCH]
+                rows = session.execute(
+                    select(
+                        StoredChunk.chunk_id,
+                        StoredChunk.pack_id,
+                        StoredChunk.offset,
+                        StoredChunk.length,
+                    ).where(StoredChunk.archive == archive, StoredChunk.chunk_id.in_(batch))
+                )
+                where.update((cid, (pack, offset, length)) for cid, pack, offset, length in rows)
+        chosen = prefix_within(wanted, {cid: at[2] for cid, at in where.items()}, max_bytes)
+        # Each pack opened once, read in offset order: a restore asks for a file's chunks
+        # together, and they mostly sit side by side in one pack.
+        blobs: dict[str, bytes] = {}
+        by_pack: dict[str, list[tuple[int, int, str]]] = {}
+        for cid in chosen:
+            if cid in where:
+                pack_id, offset, length = where[cid]
+                by_pack.setdefault(pack_id, []).append((offset, length, cid))
+        for pack_id, spans in by_pack.items():
+            blobs.update(self._read_spans(archive, pack_id, sorted(spans)))
+        return [(cid, blobs.get(cid)) for cid in chosen]
+
+    def _read_spans(
+        self, archive: str, pack_id: str, spans: list[tuple[int, int, str]]
+    ) -> Iterator[tuple[str, bytes]]:
         path = self.pack_path(archive, pack_id)
         try:
             with path.open("rb") as f:
-                f.seek(offset)
-                blob = f.read(length)
+                for offset, length, cid in spans:
+                    f.seek(offset)
+                    blob = f.read(length)
+                    if len(blob) != length:
+                        break
+                    yield cid, blob
+                else:
+                    return
         except FileNotFoundError:
-            blob = b""
-        if len(blob) != length:
-            # Indexed but not on disk as written: damage outside the authority (a restored
-            # disk, a hand-deleted file). Say so loudly; the agent can only retry.
-            log.error("pack %s of archive %s is missing or truncated", path, archive)
-            raise Unavailable(
-                f"chunk {chunk_id} is indexed but its pack is damaged; "
-                "an administrator must check the store",
-                code="store_damaged",
-            )
-        return blob
+            pass
+        # Indexed but not on disk as written: damage outside the authority (a restored
+        # disk, a hand-deleted file). Say so loudly; the agent can only retry.
+        log.error("pack %s of archive %s is missing or truncated", path, archive)
+        raise Unavailable(
+            f"pack {pack_id} is indexed but damaged; an administrator must check the store",
+            code="store_damaged",
+        )
 
     def usage(self, archive: str) -> int:
         check_archive(archive)
@@ -282,4 +334,5 @@ __all__ = [
     "check_chunk_id",
     "check_pack",
     "check_pack_id",
+    "prefix_within",
 ]

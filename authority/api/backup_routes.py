@@ -39,6 +39,10 @@ MAX_PACK_BYTES = 64 * 1024 * 1024
 # most 100 entries (under 12 KiB of base64) always fit; refusing more here makes an agent
 # that packs more fail at once, in its own tests over loopback, not later in the field.
 MAX_PACK_BLOBS = 100
+# One `/chunks/fetch` answer: ids asked at once, and the bytes after which it stops (a
+# restore keeps a few answers in flight; this bounds the authority's memory for each).
+MAX_FETCH_IDS = 1_000
+MAX_FETCH_BYTES = 32 * 1024 * 1024
 KEY_BYTES = 32
 PACK_INDEX_HEADER = "X-Holdfast-Pack-Index"
 
@@ -210,6 +214,44 @@ def get_chunk(
     caller = _caller(request, authorization)
     blob = _store(request).get_blob(caller.archive, chunk_id)
     return Response(content=blob, media_type="application/octet-stream")
+
+
+class FetchRequest(BaseModel):
+    ids: list[ChunkId] = Field(..., min_length=1, max_length=MAX_FETCH_IDS)
+
+
+def frame_blobs(blobs: list[tuple[str, bytes | None]]) -> bytes:
+    """The answer of `/chunks/fetch`: per blob its id (64 ASCII hex digits), its length
+    (4 bytes, big-endian) and its bytes; length 0 says "not stored" (a sealed blob is
+    never empty)."""
+    parts: list[bytes] = []
+    for chunk_id, blob in blobs:
+        parts += [chunk_id.encode("ascii"), len(blob or b"").to_bytes(4, "big"), blob or b""]
+    return b"".join(parts)
+
+
+@router.post(
+    "/chunks/fetch",
+    responses={
+        **ERRORS,
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "id, 4-byte length, bytes per blob; length 0: not stored",
+        },
+    },
+    response_class=Response,
+)
+def fetch_chunks(
+    body: FetchRequest, request: Request, authorization: str | None = Header(None)
+) -> Response:
+    """Many blobs of the device's archive in one answer, for restores.
+
+    The answer holds the blobs in the order asked, and may stop early (at about
+    MAX_FETCH_BYTES, never before the first): the agent asks again for the rest.
+    """
+    caller = _caller(request, authorization)
+    blobs = _store(request).get_blobs(caller.archive, body.ids, MAX_FETCH_BYTES)
+    return Response(content=frame_blobs(blobs), media_type="application/octet-stream")
 
 
 class SnapshotRequest(BaseModel):

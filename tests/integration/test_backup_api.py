@@ -120,6 +120,39 @@ def test_an_uploaded_pack_makes_its_blobs_present_and_readable_byte_for_byte(
     assert blob.content == blobs[1]
 
 
+def fetch(device: Device, ids: list[str]) -> list[tuple[str, bytes | None]]:
+    """`/chunks/fetch`, its frames split: 64 hex digits, 4-byte length, bytes (0: absent)."""
+    response = device.client.post("/api/v1/device/chunks/fetch", json={"ids": ids})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    data, frames = response.content, []
+    while data:
+        length = int.from_bytes(data[64:68], "big")
+        frames.append((data[:64].decode(), data[68 : 68 + length] if length else None))
+        data = data[68 + length :]
+    return frames
+
+
+def test_many_blobs_come_back_in_one_request_in_the_order_asked(laptop: Device) -> None:
+    blobs = [os.urandom(n) for n in (1, 500, 70_000)]
+    upload(laptop, *blobs[:2])
+    upload(laptop, blobs[2])
+    ids = [chunk_id(b) for b in blobs]
+    absent = chunk_id(b"absent")
+    assert fetch(laptop, [ids[2], absent, ids[0], ids[1]]) == [
+        (ids[2], blobs[2]),
+        (absent, None),
+        (ids[0], blobs[0]),
+        (ids[1], blobs[1]),
+    ]
+
+
+def test_a_fetch_of_too_many_or_malformed_ids_is_refused(laptop: Device) -> None:
+    for ids in ([], [chunk_id(str(n).encode()) for n in range(1001)], ["../../etc/passwd"]):
+        response = laptop.client.post("/api/v1/device/chunks/fetch", json={"ids": ids})
+        assert response.status_code == 422, response.text
+
+
 def test_another_device_reaches_none_of_the_first_devices_data(
     laptop: Device, desktop: Device
 ) -> None:
@@ -131,6 +164,7 @@ def test_another_device_reaches_none_of_the_first_devices_data(
     assert response.status_code == 404
     assert error_code(response) == "chunk_not_found"
     assert missing(desktop, [chunk_id(b"private data")]) == [chunk_id(b"private data")]
+    assert fetch(desktop, [chunk_id(b"private data")]) == [(chunk_id(b"private data"), None)]
     assert desktop.client.get("/api/v1/device/snapshots").json() == []
     # Nor can it commit a snapshot over the first device's manifest.
     assert commit(desktop, chunk_id(manifest)).status_code == 409
@@ -268,6 +302,7 @@ def test_without_a_credential_every_backup_call_is_refused(authority: Authority)
                 headers={"X-Holdfast-Pack-Index": header},
             ),
             client.get(f"/api/v1/device/chunks/{chunk_id(b'anonymous')}"),
+            client.post("/api/v1/device/chunks/fetch", json={"ids": [chunk_id(b"anonymous")]}),
             client.get("/api/v1/device/snapshots"),
             client.get("/api/v1/device/key"),
             client.get("/api/v1/device/snapshots", headers={"Authorization": "Bearer forged"}),

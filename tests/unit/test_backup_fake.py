@@ -20,6 +20,8 @@ import pytest
 
 from agent.errors import PermanentError, TransientError
 from agent.transport import AuthorityClient
+from authority.api.backup_routes import frame_blobs
+from authority.storage import prefix_within
 
 CREDENTIAL = "device-credential-0123456789"
 URL = "https://authority.test"
@@ -44,6 +46,9 @@ class FakeAuthority:
         self.key: str | None = None
         self.calls: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
+        # `/chunks/fetch`: where its answer stops, and whether this authority has it.
+        self.fetch_max_bytes = 32 * 1024 * 1024
+        self.fetch_supported = True
         self._lock = threading.Lock()
 
     def client(self, **kwargs: Any) -> AuthorityClient:
@@ -71,6 +76,7 @@ class FakeAuthority:
     def _route(self, request: httpx.Request, path: str) -> httpx.Response:
         exact: dict[tuple[str, str], Callable[[httpx.Request], httpx.Response]] = {
             ("POST", "/chunks/missing"): self._missing,
+            ("POST", "/chunks/fetch"): self._fetch,
             ("POST", "/snapshots"): lambda r: self._commit(json.loads(r.content)),
             ("GET", "/snapshots"): lambda _r: httpx.Response(200, json=self.snapshots),
             ("PUT", "/key"): self._put_key,
@@ -90,6 +96,22 @@ class FakeAuthority:
         if len(ids) > 10_000 or not all(isinstance(i, str) and _ID.fullmatch(i) for i in ids):
             return error(422, "invalid_request")
         return httpx.Response(200, json={"missing": [i for i in ids if i not in self.blobs]})
+
+    def _fetch(self, request: httpx.Request) -> httpx.Response:
+        if not self.fetch_supported:
+            return error(404, "no_such_endpoint")
+        ids = list(dict.fromkeys(json.loads(request.content)["ids"]))
+        if not 0 < len(ids) <= 1000 or not all(
+            isinstance(i, str) and _ID.fullmatch(i) for i in ids
+        ):
+            return error(422, "invalid_request")
+        lengths = {i: len(self.blobs[i]) for i in ids if i in self.blobs}
+        chosen = prefix_within(ids, lengths, self.fetch_max_bytes)
+        return httpx.Response(
+            200,
+            content=frame_blobs([(i, self.blobs.get(i)) for i in chosen]),
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
     def _get_blob(self, cid: str) -> httpx.Response:
         blob = self.blobs.get(cid)
@@ -163,6 +185,38 @@ def test_a_stored_pack_answers_missing_and_serves_its_blobs() -> None:
         assert stored == 2
         assert client.missing_chunks(CREDENTIAL, ["a" * 64, "c" * 64]) == ["c" * 64]
         assert client.get_blob(CREDENTIAL, "b" * 64) == b"second"
+
+
+def test_blobs_come_back_in_batches_none_for_an_absent_one() -> None:
+    fake = FakeAuthority()
+    fake.blobs = {"a" * 64: b"first", "b" * 64: b"second"}
+    with fake.client() as client:
+        assert client.get_blobs(CREDENTIAL, ["b" * 64, "c" * 64, "a" * 64]) == [
+            ("b" * 64, b"second"),
+            ("c" * 64, None),
+            ("a" * 64, b"first"),
+        ]
+        fake.fetch_max_bytes = 6
+        assert client.get_blobs(CREDENTIAL, ["b" * 64, "a" * 64]) == [("b" * 64, b"second")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",  # no blob at all
+        b"d" * 64 + (5).to_bytes(4, "big") + b"12345",  # an id not asked for
+        b"a" * 64 + (99).to_bytes(4, "big") + b"short",  # shorter than it says
+        b"a" * 60,  # a cut frame head
+    ],
+)
+def test_a_malformed_batch_answer_is_a_transient_bad_answer(body: bytes) -> None:
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    transport = httpx.MockTransport(handler)
+    with AuthorityClient(URL, transport=transport) as client, pytest.raises(TransientError) as exc:
+        client.get_blobs(CREDENTIAL, ["a" * 64])
+    assert exc.value.code == "bad_answer"
 
 
 def test_an_absent_chunk_is_chunk_not_found() -> None:

@@ -117,6 +117,53 @@ def test_a_chunk_missing_on_the_authority_fails_its_file(
     assert not (tmp_path / "restored" / "docs" / "run.sh").exists()
 
 
+def many_small_files(home: Path, count: int) -> None:
+    for n in range(count):
+        folder = home / f"d{n % 7}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{n}.txt").write_bytes(f"file {n}\n".encode() * (n % 5 + 1))
+
+
+def test_many_small_files_come_back_in_a_few_requests(
+    fake: FakeAuthority, tmp_path: Path, state: Path
+) -> None:
+    home = tmp_path / "home"
+    many_small_files(home, 1200)
+    backup(fake, home, state)
+    fake.calls.clear()
+    result = restore_all(fake, state, tmp_path / "restored")
+    assert result.ok and result.files == 1200
+    assert describe(tmp_path / "restored") == describe(home)
+    # 1,200 chunks and the manifest: 512 ids a batch, never one request per chunk.
+    assert fake.count("POST", "/api/v1/device/chunks/fetch") <= 5
+    assert fake.count("GET", "/api/v1/device/chunks/") == 0
+
+
+def test_an_answer_cut_short_by_the_authority_is_completed_by_asking_again(
+    fake: FakeAuthority, tmp_path: Path, state: Path
+) -> None:
+    home = tmp_path / "home"
+    many_small_files(home, 40)
+    backup(fake, home, state)
+    fake.fetch_max_bytes = 1  # one blob per answer
+    fake.calls.clear()
+    result = restore_all(fake, state, tmp_path / "restored")
+    assert result.ok and describe(tmp_path / "restored") == describe(home)
+    assert fake.count("POST", "/api/v1/device/chunks/fetch") >= 40
+
+
+def test_an_authority_without_batch_fetches_is_read_chunk_by_chunk(
+    fake: FakeAuthority, home: Path, state: Path, tmp_path: Path
+) -> None:
+    backup(fake, home, state)
+    fake.fetch_supported = False
+    del fake.blobs[chunk_id(keys_of(state), (home / "docs" / "run.sh").read_bytes())]
+    result = restore_all(fake, state, tmp_path / "restored")
+    assert [path for path, _ in result.failed] == ["docs/run.sh"]
+    assert result.files == 9
+    assert fake.count("GET", "/api/v1/device/chunks/") >= 9
+
+
 def test_hostile_entries_are_refused_and_nothing_lands_outside(
     fake: FakeAuthority, home: Path, state: Path, tmp_path: Path
 ) -> None:

@@ -18,7 +18,14 @@ import pytest
 
 from authority.db import Database
 from authority.errors import InvalidInput, NotFound, Unavailable
-from authority.storage import ChunkStore, FileChunkStore, IndexEntry, check_archive, check_pack
+from authority.storage import (
+    ChunkStore,
+    FileChunkStore,
+    IndexEntry,
+    check_archive,
+    check_pack,
+    prefix_within,
+)
 
 ARCHIVE_A = "0b7c3c4e-8f6a-4f7e-9a53-6a0b1f3d2c11"
 ARCHIVE_B = "5d2e9f10-3b4c-4d8e-8f71-2c6a9b0e4d22"
@@ -56,6 +63,20 @@ class MemoryChunkStore:
                 raise NotFound(f"chunk {chunk_id} is not stored", code="chunk_not_found")
             pack_id, offset, length = where
             return self._packs[(archive, pack_id)][offset : offset + length]
+
+    def get_blobs(
+        self, archive: str, ids: Sequence[str], max_bytes: int
+    ) -> list[tuple[str, bytes | None]]:
+        check_archive(archive)
+        wanted = list(dict.fromkeys(ids))
+        with self._lock:
+            lengths = {
+                i: self._index[(archive, i)][2] for i in wanted if (archive, i) in self._index
+            }
+        return [
+            (i, self.get_blob(archive, i) if i in lengths else None)
+            for i in prefix_within(wanted, lengths, max_bytes)
+        ]
 
     def usage(self, archive: str) -> int:
         with self._lock:
@@ -146,6 +167,36 @@ def test_an_absent_blob_is_not_found(store: ChunkStore) -> None:
     with pytest.raises(NotFound) as exc:
         store.get_blob(ARCHIVE_A, chunk_id(b"never stored"))
     assert exc.value.code == "chunk_not_found"
+
+
+def test_get_blobs_answers_in_the_order_asked_each_once_none_when_absent(
+    store: ChunkStore,
+) -> None:
+    first = make_pack(b"one", b"two")
+    second = make_pack(b"three")
+    for pack_id, data, index in (first, second):
+        store.put_pack(ARCHIVE_A, pack_id, data, index)
+    one, two, three = first[2][0][0], first[2][1][0], second[2][0][0]
+    absent = chunk_id(b"never stored")
+    asked = [three, absent, two, one, three]
+    assert store.get_blobs(ARCHIVE_A, asked, 1 << 20) == [
+        (three, b"three"),
+        (absent, None),
+        (two, b"two"),
+        (one, b"one"),
+    ]
+    # Another archive holds none of them.
+    assert store.get_blobs(ARCHIVE_B, [one], 1 << 20) == [(one, None)]
+
+
+def test_get_blobs_stops_at_max_bytes_but_always_answers_the_first(store: ChunkStore) -> None:
+    blobs = [bytes([n]) * 100 for n in range(5)]
+    pack_id, data, index = make_pack(*blobs)
+    store.put_pack(ARCHIVE_A, pack_id, data, index)
+    ids = [entry[0] for entry in index]
+    assert [b for _, b in store.get_blobs(ARCHIVE_A, ids, 250)] == blobs[:2]
+    assert [b for _, b in store.get_blobs(ARCHIVE_A, ids, 10)] == blobs[:1]
+    assert [b for _, b in store.get_blobs(ARCHIVE_A, ids, 500)] == blobs
 
 
 def test_a_pack_whose_bytes_are_not_its_id_is_refused_and_nothing_is_stored(
@@ -287,9 +338,13 @@ def test_a_pack_lost_from_disk_is_reported_not_served_short(file_store: FileChun
     pack_id, data, index = make_pack(b"soon gone")
     file_store.put_pack(ARCHIVE_A, pack_id, data, index)
     file_store.pack_path(ARCHIVE_A, pack_id).unlink()
-    with pytest.raises(Unavailable) as exc:
-        file_store.get_blob(ARCHIVE_A, index[0][0])
-    assert exc.value.code == "store_damaged"
+    for read in (
+        lambda: file_store.get_blob(ARCHIVE_A, index[0][0]),
+        lambda: file_store.get_blobs(ARCHIVE_A, [index[0][0]], 1 << 20),
+    ):
+        with pytest.raises(Unavailable) as exc:
+            read()
+        assert exc.value.code == "store_damaged"
 
 
 def test_a_pack_written_before_an_interrupted_index_is_indexed_on_upload_again(
