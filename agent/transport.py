@@ -94,7 +94,7 @@ class AuthorityClient:
         # its internal CA), not a bundle shipped with a library.
         verify = pinned_context(pin_list) if pin_list else ssl.create_default_context()
         self.url = url
-        # A pack is up to 16 MiB: on a slow uplink one write or the server's fsync of it
+        # A pack is up to 8 MiB: on a slow uplink one write or the server's fsync of it
         # takes longer than a JSON call may.
         self._pack_timeout = httpx.Timeout(max(timeout, PACK_TIMEOUT), connect=min(timeout, 15.0))
         self._client = httpx.Client(

@@ -53,15 +53,23 @@ def chunk_id(keys: Subkeys, data: bytes) -> str:
     return blake3(data, key=keys.id_key).hexdigest()
 
 
-def seal(keys: Subkeys, cid: str, data: bytes) -> bytes:
-    """The blob for `data` (whose id is `cid`): compressed when that helps, then encrypted."""
+def seal_parts(keys: Subkeys, cid: str, data: bytes) -> tuple[bytes, bytes]:
+    """The blob for `data` (whose id is `cid`) as (header and nonce, ciphertext): a pack
+    sends the parts back to back, so an 8 MiB chunk is not copied once more to join them.
+    Compressed when that helps, then encrypted."""
     flags = 0
     packed = _compressor().compress(data)
     if len(packed) < len(data):
         flags, data = FLAG_ZSTD, packed
+    del packed  # incompressible: the attempt's 8 MiB go before the ciphertext's come
     nonce = os.urandom(NONCE_BYTES)
     ciphertext = AESGCM(keys.encryption_key).encrypt(nonce, data, cid.encode("ascii"))
-    return bytes((BLOB_VERSION, flags)) + nonce + ciphertext
+    return bytes((BLOB_VERSION, flags)) + nonce, ciphertext
+
+
+def seal(keys: Subkeys, cid: str, data: bytes) -> bytes:
+    """The blob for `data` (whose id is `cid`), in one piece."""
+    return b"".join(seal_parts(keys, cid, data))
 
 
 def open_blob(keys: Subkeys, cid: str, blob: bytes) -> bytes:
@@ -75,7 +83,9 @@ def open_blob(keys: Subkeys, cid: str, blob: bytes) -> bytes:
         raise BlobCorrupt(cid, f"unknown blob flags {flags:#x}")
     nonce = blob[2:HEADER_BYTES]
     try:
-        data = AESGCM(keys.encryption_key).decrypt(nonce, blob[HEADER_BYTES:], cid.encode("ascii"))
+        # A view, not a slice: an 8 MiB blob is not copied before it is decrypted.
+        sealed = memoryview(blob)[HEADER_BYTES:]
+        data = AESGCM(keys.encryption_key).decrypt(nonce, sealed, cid.encode("ascii"))
     except InvalidTag:
         raise BlobCorrupt(cid, "failed authentication (damaged, swapped or another key)") from None
     if flags & FLAG_ZSTD:
@@ -88,4 +98,4 @@ def open_blob(keys: Subkeys, cid: str, blob: bytes) -> bytes:
     return data
 
 
-__all__ = ["BLOB_OVERHEAD", "chunk_id", "open_blob", "seal"]
+__all__ = ["BLOB_OVERHEAD", "chunk_id", "open_blob", "seal", "seal_parts"]

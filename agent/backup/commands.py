@@ -18,7 +18,8 @@ from agent.errors import AgentError, UsageError
 from agent.paths import AgentPaths
 from agent.status import collect
 
-POLL_SECONDS = 0.5
+# Reading the status is a few small files; 0.1 s keeps a quick backup from waiting on it.
+POLL_SECONDS = 0.1
 
 
 def _clock(seconds: float) -> str:

@@ -30,6 +30,7 @@ from agent.backup import manifest
 from agent.backup.blobs import chunk_id
 from agent.backup.cache import CachedFile, FilesCache
 from agent.backup.chunker import Chunker
+from agent.backup.heap import release_free_memory
 from agent.backup.keys import Subkeys, ensure_key
 from agent.backup.retry import Retrier
 from agent.backup.scanner import (
@@ -41,7 +42,7 @@ from agent.backup.scanner import (
     scan,
 )
 from agent.backup.throttle import UploadLimit
-from agent.backup.uploader import Uploader
+from agent.backup.uploader import UPLOAD_WORKERS, Uploader
 from agent.errors import BackupCancelled, BackupError
 from agent.transport import AuthorityClient
 
@@ -289,7 +290,7 @@ def run_backup(
     *,
     progress: Callable[[BackupProgress], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    workers: int = 4,
+    workers: int = UPLOAD_WORKERS,
     cancel: threading.Event | None = None,
     security: str = "standard",
     limit: UploadLimit | None = None,
@@ -341,6 +342,7 @@ def run_backup(
         cache.commit()
     finally:
         cache.close()
+        release_free_memory()
     result = BackupResult(
         snapshot_id=str(answer.get("snapshot_id", "")),
         files=run.files,

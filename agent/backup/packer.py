@@ -2,7 +2,7 @@
 
 A pack body is the blobs concatenated; its index travels in the `X-Holdfast-Pack-Index`
 header as base64 of compact JSON `[[chunk_id, offset, length], ...]`. Two limits close a
-pack, whichever comes first: 16 MiB of body, and the index header's size. The header limit
+pack, whichever comes first: 8 MiB of body, and the index header's size. The header limit
 exists because a server counts headers against a small budget (uvicorn's h11 refuses a
 request head over 16 KiB): about 100 blobs per pack. 20,000 small files are then ~200
 requests, not 20,000.
@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-PACK_BYTES = 16 * 1024 * 1024
+PACK_BYTES = 8 * 1024 * 1024
 INDEX_HEADER_BYTES = 12 * 1024
 # One index entry in compact JSON: 64 hex in quotes, two numbers, brackets and commas.
 _ENTRY_JSON = 64 + 2 + 2 * 10 + 5
@@ -48,14 +48,14 @@ class Packer:
         # base64 grows by 4/3; the entries are bounded from above, so the header never
         # exceeds `max_index` whatever the offsets turn out to be.
         self.max_blobs = max(1, (max_index * 3 // 4) // (_ENTRY_JSON + 1))
-        self._blobs: list[bytes] = []
+        self._parts: list[bytes] = []
         self._index: list[tuple[str, int, int]] = []
         self._ids: set[str] = set()
         self._size = 0
         self._hash = hashlib.sha256()
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        return len(self._index)
 
     @property
     def size(self) -> int:
@@ -67,19 +67,22 @@ class Packer:
         An empty pack takes any blob, so a blob larger than a pack (a huge manifest) still
         travels, alone.
         """
-        if not self._blobs:
+        if not self._index:
             return True
-        return len(self._blobs) < self.max_blobs and self._size + blob_size <= self.max_bytes
+        return len(self._index) < self.max_blobs and self._size + blob_size <= self.max_bytes
 
-    def add(self, cid: str, blob: bytes) -> bool:
-        """Append a blob; False when this pack already holds `cid` (nothing added)."""
+    def add(self, cid: str, *blob: bytes) -> bool:
+        """Append a blob, given whole or in parts; False when this pack already holds
+        `cid` (nothing added)."""
         if cid in self._ids:
             return False
-        self._index.append((cid, self._size, len(blob)))
-        self._blobs.append(blob)
-        self._hash.update(blob)
+        length = sum(len(part) for part in blob)
+        self._index.append((cid, self._size, length))
+        for part in blob:
+            self._parts.append(part)
+            self._hash.update(part)
         self._ids.add(cid)
-        self._size += len(blob)
+        self._size += length
         return True
 
     def finish(self) -> Pack:
@@ -87,12 +90,12 @@ class Packer:
         index = json.dumps(self._index, separators=(",", ":")).encode("ascii")
         pack = Pack(
             pack_id=self._hash.hexdigest(),
-            parts=tuple(self._blobs),
+            parts=tuple(self._parts),
             size=self._size,
             index_header=base64.b64encode(index).decode("ascii"),
             chunk_ids=tuple(cid for cid, _, _ in self._index),
         )
-        self._blobs, self._index, self._ids, self._size = [], [], set(), 0
+        self._parts, self._index, self._ids, self._size = [], [], set(), 0
         self._hash = hashlib.sha256()
         return pack
 

@@ -1,6 +1,6 @@
 """The policy's upload bandwidth limit: a token bucket every upload worker of a run shares.
 
-A pack pays for its bytes before it is sent. The bucket may go into debt: a 16 MiB pack
+A pack pays for its bytes before it is sent. The bucket may go into debt: an 8 MiB pack
 under a limit of a few KB/s is still sent whole, its sender waiting first for what the
 bucket lacks, and the next sender waits for that debt too. So the limit holds as an
 average over the run however many workers there are, while each pack itself still leaves

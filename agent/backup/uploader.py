@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from agent import logs
-from agent.backup.blobs import BLOB_OVERHEAD, seal
+from agent.backup.blobs import BLOB_OVERHEAD, seal_parts
 from agent.backup.keys import Subkeys
 from agent.backup.packer import Pack, Packer
 from agent.backup.retry import Retrier
@@ -31,7 +31,10 @@ from agent.transport import AuthorityClient
 log = logging.getLogger(logs.LOGGER)
 
 MISSING_BATCH = 10_000
-PENDING_BYTES = 16 * 1024 * 1024
+PENDING_BYTES = 8 * 1024 * 1024
+# Packs sealed and sent at once: each holds up to a pack (8 MiB) and the chunk being
+# sealed; 3 keep two cores busy beside the reading, and a fourth only added memory.
+UPLOAD_WORKERS = 3
 
 Batch = list[tuple[str, bytes]]
 
@@ -53,7 +56,7 @@ class Uploader:
         keys: Subkeys,
         retry: Retrier,
         *,
-        workers: int = 4,
+        workers: int = UPLOAD_WORKERS,
         pending_bytes: int = PENDING_BYTES,
         limit: UploadLimit | None = None,
     ) -> None:
@@ -203,7 +206,7 @@ class Uploader:
         batch.reverse()
         while batch:
             cid, data = batch.pop()
-            packer.add(cid, seal(self.keys, cid, data))
+            packer.add(cid, *seal_parts(self.keys, cid, data))
             del data
         pack: Pack = packer.finish()
         self.retry(partial(self._put, pack))
@@ -217,4 +220,4 @@ class Uploader:
         self.client.put_pack(self.credential, pack.pack_id, pack.parts, pack.index_header)
 
 
-__all__ = ["MISSING_BATCH", "Uploader"]
+__all__ = ["MISSING_BATCH", "UPLOAD_WORKERS", "Uploader"]

@@ -1,0 +1,37 @@
+"""Memory handed back after a run, and blobs sealed in parts."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import pytest
+
+from agent.backup import heap
+from agent.backup.blobs import chunk_id, open_blob, seal, seal_parts
+from agent.backup.packer import Packer, parse_index
+from tests.unit.test_backup_blobs import KEYS
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc only: malloc_trim is a glibc function",
+)
+def test_free_memory_is_handed_back_on_glibc() -> None:
+    heap._trim.clear()
+    assert heap.release_free_memory() is True
+    assert heap.release_free_memory() is True  # the function is looked up once
+
+
+def test_a_blob_sealed_in_parts_is_the_same_blob_in_a_pack() -> None:
+    data = b"parts of a blob " * 1000
+    cid = chunk_id(KEYS, data)
+    head, ciphertext = seal_parts(KEYS, cid, data)
+    packer = Packer()
+    packer.add("0" * 64, b"a whole blob before it")
+    packer.add(cid, head, ciphertext)
+    pack = packer.finish()
+    assert len(pack.chunk_ids) == 2
+    _, offset, length = next(e for e in parse_index(pack.index_header) if e[0] == cid)
+    assert open_blob(KEYS, cid, pack.body[offset : offset + length]) == data
+    assert len(seal(KEYS, cid, data)) == length
