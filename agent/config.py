@@ -43,6 +43,11 @@ class AgentConfig:
         return str(self.values.get("log_level", "info"))
 
     @property
+    def log_format(self) -> str:
+        """`text` (the default) or `json`: one JSON object per line, for log shippers."""
+        return str(self.values.get("log_format", "text"))
+
+    @property
     def machine_id_file(self) -> str | None:
         value = self.values.get("machine_id_file")
         return str(value) if value else None

@@ -8,6 +8,7 @@ reboot) resumes the phase the agent was in.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import random
 import signal
@@ -20,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from agent import __version__, logs
+from agent import __version__, events, logs
 from agent.backup.schedule import back_up_home
 from agent.config import AgentConfig
 from agent.config import load as load_config
@@ -74,6 +75,21 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def failure_of(exc: ContactError | AgentError | OSError) -> Failed:
+    """The failed attempt an action's exception makes (its code says the situation)."""
+    if isinstance(exc, ContactError):
+        return Failed(
+            exc.code,
+            exc.message,
+            permanent=isinstance(exc, PermanentError),
+            retry_after=getattr(exc, "retry_after", None),
+        )
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return Failed("disk_full", f"the agent's disk is full{where}: {exc.strerror}")
+    return Failed("local_error", str(exc))
+
+
 class Daemon:
     """One running agent over one set of folders."""
 
@@ -108,7 +124,12 @@ class Daemon:
     def run(self) -> int:
         self.paths.ensure()
         self.config = load_config(self.paths.agent_yaml)
-        logs.setup(self.paths.agent_log, self.config.log_level)
+        logs.setup(
+            self.paths.agent_log,
+            self.config.log_level,
+            log_format=self.config.log_format,
+            history_file=self.paths.history_log,
+        )
         claim_pid_file(self.paths, __version__)
         if threading.current_thread() is threading.main_thread():
             # A Windows service runs the daemon on the SCM's thread and stops it through
@@ -131,7 +152,11 @@ class Daemon:
                 if self.requests.empty():
                     self.wake.wait(self._sleep_seconds())
                 self.wake.clear()
-            log.info("stopping on request; state saved (phase %s)", self.state.phase.value)
+            log.info(
+                "stopping on request; state saved (phase %s)",
+                self.state.phase.value,
+                extra=logs.event(events.AGENT_STOPPING),
+            )
             return 0
         finally:
             control.close()
@@ -148,7 +173,12 @@ class Daemon:
             # A cloned image: nothing of the original device is ours, start over as new.
             self.paths.credential.unlink(missing_ok=True)
             self.state = State()
-            log.warning("made a new device identity %s: %s", self.identity.guid, reason)
+            log.warning(
+                "made a new device identity %s: %s",
+                self.identity.guid,
+                reason,
+                extra=logs.event(events.CLONED),
+            )
         elif reason == "first start":
             log.info("made the device identity %s", self.identity.guid)
         logs.phase_filter.phase = self.state.phase.value
@@ -158,6 +188,7 @@ class Daemon:
             __version__,
             self.identity.guid,
             self.state.phase.value,
+            extra=logs.event(events.AGENT_STARTED, home=self.paths.state.parent),
         )
         self.feed(Started(configured=self.args is not None))
 
@@ -193,7 +224,13 @@ class Daemon:
             detected_user_home=self.state.user_home,
         )
         if not decision.allowed:
-            log.warning("refused %s from %s: %s", command, peer.describe(), decision.reason)
+            log.warning(
+                "refused %s from %s: %s",
+                command,
+                peer.describe(),
+                decision.reason,
+                extra=logs.event(events.CONTROL_REFUSED, command=command, uid=peer.uid),
+            )
             raise Refused(f"{command} refused: {decision.reason}")
         if command == "stop":
             self.backup_cancel.set()  # a running backup ends now; the loop then stops
@@ -202,15 +239,27 @@ class Daemon:
     def _carry_out(self, request: ControlRequest) -> None:
         by = f"{request.peer.name} at {when(self.clock())}"
         if request.command == "stop":
-            log.info("stop requested by %s", request.peer.describe())
+            log.info(
+                "stopped by %s: nothing runs until started again",
+                request.peer.describe(),
+                extra=logs.event(events.STOPPED_BY_USER, user=request.peer.name),
+            )
             self.feed(StopRequested(by))
         elif request.command == "start":
-            log.info("start requested by %s", request.peer.describe())
+            log.info(
+                "started again by %s",
+                request.peer.describe(),
+                extra=logs.event(events.STARTED_BY_USER, user=request.peer.name),
+            )
             self.feed(StartRequested(by))
         elif request.command == "backup-now":
             # Answered at once; the loop starts the backup after this request, and the
             # command follows it through the status and run/progress.json.
-            log.info("backup requested by %s", request.peer.describe())
+            log.info(
+                "backup requested by %s",
+                request.peer.describe(),
+                extra=logs.event(events.BACKUP_REQUESTED, user=request.peer.name),
+            )
             self.backup_wanted = True
             request.result = {
                 "phase": self.state.phase.value,
@@ -240,7 +289,7 @@ class Daemon:
             self.state, actions = step(self.state, current, self.clock(), self.env())
             if self.state != before:
                 save_state(self.paths.state_file, self.state)
-                log_transition(before, self.state, current)
+                log_transition(before, self.state, current, self.clock())
             for action in actions:
                 outcome = self._perform(action)
                 if outcome is not None:
@@ -249,15 +298,8 @@ class Daemon:
     def _perform(self, action: Action) -> Event | None:
         try:
             return self._do(action)
-        except ContactError as exc:
-            return Failed(
-                exc.code,
-                exc.message,
-                permanent=isinstance(exc, PermanentError),
-                retry_after=getattr(exc, "retry_after", None),
-            )
-        except (AgentError, OSError) as exc:
-            return Failed("local_error", str(exc))
+        except (ContactError, AgentError, OSError) as exc:
+            return failure_of(exc)
 
     def _do(self, action: Action) -> Event | None:
         if isinstance(action, FetchPolicy):
@@ -268,7 +310,11 @@ class Daemon:
             return self._register(action)
         if isinstance(action, RunBackup):
             return self._backup()
-        log.info("backups of %s start; the first one at once", self.state.user_home)
+        log.info(
+            "backups of %s start; the first one at once",
+            self.state.user_home,
+            extra=logs.event(events.BACKUPS_START),
+        )
         return None  # StartBackups: the first backup's attempt is already due
 
     # Actions
@@ -280,7 +326,12 @@ class Daemon:
         try:
             args = read_properties_file(path)
         except UsageError as exc:
-            log.error("installer arguments in %s are not usable: %s", path, exc.message)
+            log.error(
+                "installer arguments in %s are not usable: %s",
+                path,
+                exc.message,
+                extra=logs.event(events.ARGS_UNUSABLE),
+            )
             return None
         logs.redactor.add(args.token)
         tray = {"cloaked": args.cloaked, "silent": args.silent}
@@ -333,16 +384,26 @@ class Daemon:
             "Retrieving deployment policy from %s (token %s)",
             self.args.deployment_url,
             self.args.token_tag(),
+            extra=logs.event(events.POLICY_REQUESTED),
         )
         with self._client() as client:
             policy = self._remember_policy(client.fetch_policy(self.args.token, self._report()))
-        log.info("policy found: organization %r, %s registration", policy.org, policy.registration)
+        log.info(
+            "policy found: organization %r, %s registration",
+            policy.org,
+            policy.registration,
+            extra=logs.event(events.POLICY_FOUND),
+        )
         return PolicyFound(policy.org, policy.registration)
 
     def _fetch_device_policy(self) -> Event:
         credential = load_credential(self.paths.credential)
         if credential is None or self.args is None:
-            log.warning("the device credential is missing from %s", self.paths.credential)
+            log.warning(
+                "the device credential is missing from %s",
+                self.paths.credential,
+                extra=logs.event(events.CREDENTIAL_REFUSED),
+            )
             return CredentialRejected("the device credential is missing; registering again")
         logs.redactor.add(credential)
         try:
@@ -350,7 +411,11 @@ class Daemon:
                 policy = self._remember_policy(client.device_policy(credential, self._report()))
         except PermanentError as exc:
             if exc.code in ("credential_invalid", "credential_missing"):
-                log.warning("the authority refused the device credential: %s", exc.message)
+                log.warning(
+                    "the authority refused the device credential: %s",
+                    exc.message,
+                    extra=logs.event(events.CREDENTIAL_REFUSED, code=exc.code),
+                )
                 return CredentialRejected(exc.message)
             raise
         return CheckedIn(policy.org)
@@ -383,9 +448,12 @@ class Daemon:
         except DetectionError as exc:
             if exc.code == "stopped":
                 # Not a failed attempt: a restart resumes the phase with a fresh one.
-                log.info("user detection interrupted: the agent is stopping")
+                log.info(
+                    "user detection interrupted: the agent is stopping",
+                    extra=logs.event(events.DETECTION_INTERRUPTED),
+                )
                 return None
-            return Failed(exc.code, f"user detection failed: {exc.message}")
+            return Failed(exc.code, f"{events.DETECTION_FAILURE_PREFIX}{exc.message}")
         if result.username is None or result.user_home is None:
             return Failed(
                 "no_user_detected",
@@ -397,6 +465,7 @@ class Daemon:
             result.user_home,
             result.run.exit_code,
             result.run.duration_s,
+            extra=logs.event(events.USER_DETECTED),
         )
         return UserDetected(result.username, result.user_home)
 
@@ -407,7 +476,11 @@ class Daemon:
             raise UsageError(f"this device does not need a sign-in (phase {phase.value})")
         if self.args is None or self.identity is None or home is None:
             raise AgentError("this device cannot sign in yet: no installer arguments or user")
-        log.info("sign-in requested by %s", request.peer.describe())
+        log.info(
+            "sign-in requested by %s",
+            request.peer.describe(),
+            extra=logs.event(events.SIGN_IN_REQUESTED, user=request.peer.name),
+        )
         try:
             with self._client() as client:
                 result = sign_in(
@@ -422,7 +495,12 @@ class Daemon:
         except ContactError as exc:
             self._renew_if_cloned(exc)
             raise sign_in_failure(exc) from None
-        log.info("signed in: device %s registered to %r", result.device_guid, result.username)
+        log.info(
+            "signed in: device %s registered to %r",
+            result.device_guid,
+            result.username,
+            extra=logs.event(events.SIGNED_IN),
+        )
         self.state = replace(
             self.state, facts={**self.state.facts, "registration_warning": result.warning}
         )
@@ -435,6 +513,7 @@ class Daemon:
             log.warning(
                 "the authority knows this GUID from other hardware; new identity %s",
                 self.identity.guid,
+                extra=logs.event(events.CLONED),
             )
 
     def _backup(self) -> Event | None:
@@ -458,7 +537,12 @@ class Daemon:
 
     def _register(self, action: Register) -> Event:
         assert self.args is not None and self.identity is not None
-        log.info("registering device %s as %r", self.identity.guid, action.username)
+        log.info(
+            "registering device %s as %r",
+            self.identity.guid,
+            action.username,
+            extra=logs.event(events.REGISTERING),
+        )
         try:
             with self._client() as client:
                 result = register(
@@ -478,6 +562,7 @@ class Daemon:
             result.device_guid,
             result.username,
             result.org,
+            extra=logs.event(events.REGISTERED),
         )
         self.state = replace(
             self.state, facts={**self.state.facts, "registration_warning": result.warning}

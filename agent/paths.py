@@ -75,6 +75,10 @@ class AgentPaths:
         return self.log / "detection.log"
 
     @property
+    def history_log(self) -> Path:
+        return self.log / "history.log"
+
+    @property
     def pid_file(self) -> Path:
         return self.run / "holdfast.pid"
 

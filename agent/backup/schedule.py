@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from agent import logs
+from agent import events, logs
 from agent.backup.engine import run_backup
 from agent.backup.progress import PROGRESS_FILE, ProgressFile
 from agent.backup.throttle import UploadLimit, interruptible_sleep
@@ -54,7 +54,10 @@ def back_up_home(
     if settings.get("pause_on_battery") is True and on_battery(battery):
         if "on_battery" not in _notices:
             _notices.add("on_battery")
-            log.info("backup held: the device runs on battery (policy pause_on_battery)")
+            log.info(
+                "backup held: the device runs on battery (policy pause_on_battery)",
+                extra=logs.event(events.BACKUP_HELD),
+            )
         raise TransientError(
             "on_battery",
             "the device runs on battery; the policy holds backups until it is plugged in",
@@ -64,7 +67,7 @@ def back_up_home(
         _kbps(settings.get("bandwidth_limit_kbps")), sleep=interruptible_sleep(cancel)
     )
     progress = ProgressFile(run_dir / PROGRESS_FILE)
-    log.info("Starting backup of %s", home)
+    log.info("Starting backup of %s", home, extra=logs.event(events.BACKUP_STARTED))
     try:
         with low_priority():
             result = run_backup(
@@ -81,7 +84,10 @@ def back_up_home(
     except BackupCancelled:
         # Not a failure: the agent is stopping; nothing was committed, and the next run
         # skips what already arrived.
-        log.info("backup interrupted: the agent is stopping")
+        log.info(
+            "backup interrupted: the agent is stopping",
+            extra=logs.event(events.BACKUP_INTERRUPTED),
+        )
         return None
     finally:
         progress.clear()
@@ -93,9 +99,10 @@ def back_up_home(
         result.bytes,
         result.new_bytes,
         partial,
+        extra=logs.event(events.BACKUP_COMPLETED),
     )
     for warning in result.warnings[:20]:
-        log.warning("backup: %s", warning)
+        log.warning("backup: %s", warning, extra=logs.event(events.FILE_SKIPPED))
     return BackupDone(result.snapshot_id, result.finished_at, result.files, result.bytes)
 
 

@@ -186,6 +186,14 @@ def test_ldap_no_match_keeps_the_agent_waiting_until_the_user_is_added(
     outcomes = [a["outcome"] for a in attempts(authority, "--device", status["device_guid"])]
     assert outcomes[0] == "registered"
     assert set(outcomes[1:]) == {"directory_user_not_found"}
+    # docs/operations.md, situation 4: the line support staff find, then the recovery.
+    log = agent.log()
+    assert (
+        f" WARNING HF4101 [awaiting_registration] attempt failed: {sentence}; next attempt at "
+        in log
+    )
+    assert "code=directory_user_not_found attempts=1" in log
+    assert " INFO    HF0103 [backing_up] recovered after " in log
 
 
 def test_ldap_directory_down_is_a_503_the_agent_retries_until_it_is_back(
@@ -206,6 +214,9 @@ def test_ldap_directory_down_is_a_503_the_agent_retries_until_it_is_back(
     assert "the directory of organization 'Sales'" in waiting["last_error"]
     assert "is unavailable" in waiting["last_error"]
     assert "(HTTP 503)" in waiting["last_error"]
+    # docs/operations.md, situation 5.
+    assert " WARNING HF4102 [awaiting_registration] attempt failed: " in agent.log()
+    assert "code=directory_unavailable attempts=1" in agent.log()
     directory.start()
     status = agent.wait_phase("backing_up")
     assert status["username"] == "jdoe"
