@@ -188,7 +188,7 @@ class Daemon:
             __version__,
             self.identity.guid,
             self.state.phase.value,
-            extra=logs.event(events.AGENT_STARTED, home=self.paths.state.parent),
+            extra=logs.event(events.AGENT_STARTED, state=self.paths.state),
         )
         self.feed(Started(configured=self.args is not None))
 

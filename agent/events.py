@@ -14,6 +14,7 @@ area's general ID (HF1000, HF2000, ...), chosen by the module that wrote it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ CATALOGUE: dict[str, EventInfo] = {
         "none",
         history=True,
     ),
-    AGENT_STARTED: EventInfo("the agent started (version, home folder)", "none", history=True),
+    AGENT_STARTED: EventInfo(
+        "the agent started (version, device, phase, state folder)", "none", history=True
+    ),
     AGENT_STOPPING: EventInfo(
         "the agent is stopping (service stop, shutdown); its state is saved", "none", True
     ),
@@ -248,9 +251,6 @@ _AREA_OF_MODULE = {
     "login": "HF4000",
     "identity": "HF4000",
 }
-_BACKUP_MODULES = frozenset(
-    {"engine", "scanner", "cache", "uploader", "restore", "restore_fs", "schedule", "retry"}
-)
 
 # A failed attempt's ID, from the error code the failure carries.
 _CODE_EVENTS: dict[str, str] = {
@@ -296,9 +296,10 @@ def for_failure(code: str, message: str = "") -> str:
     return _CODE_EVENTS.get(code, ATTEMPT_FAILED)
 
 
-def for_module(module: str, logger: str) -> str:
-    """The general ID of a line written without one."""
-    if module in _BACKUP_MODULES or ".backup" in logger:
+def for_module(module: str, pathname: str) -> str:
+    """The general ID of a line written without one, from the writing module's name and
+    file (everything under agent/backup/ is about backups)."""
+    if "backup" in Path(pathname).parent.parts[-1:]:
         return "HF5000"
     return _AREA_OF_MODULE.get(module, "HF1000")
 

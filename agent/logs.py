@@ -89,7 +89,7 @@ class PhaseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.phase = self.phase
         if not getattr(record, "event", None):
-            record.event = events.for_module(record.module, record.name)
+            record.event = events.for_module(record.module, record.pathname)
         return True
 
 

@@ -64,9 +64,10 @@ def test_a_line_without_an_id_gets_its_areas_general_id(log_dir: Path) -> None:
     logger.info("something the daemon says")
     (line,) = lines(log_dir / "agent.log")
     assert " HF1000 " in line
-    assert events.for_module("uploader", "holdfast") == "HF5000"
-    assert events.for_module("sandbox", "holdfast") == "HF3000"
-    assert events.for_module("transport", "holdfast") == "HF2000"
+    assert events.for_module("keys", "/opt/holdfast/agent/backup/keys.py") == "HF5000"
+    assert events.for_module("sandbox", "/opt/holdfast/agent/sandbox.py") == "HF3000"
+    assert events.for_module("transport", "/opt/holdfast/agent/transport.py") == "HF2000"
+    assert events.for_module("daemon", "/opt/holdfast/agent/daemon.py") == "HF1000"
 
 
 def test_json_mode_writes_one_object_per_line_with_the_context(log_dir: Path) -> None:
