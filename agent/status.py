@@ -9,6 +9,7 @@ from typing import Any
 
 import psutil
 
+from agent import events
 from agent.backup.progress import PROGRESS_FILE, read_progress
 from agent.deploy_args import read_properties_file
 from agent.errors import AgentError, UsageError
@@ -124,6 +125,16 @@ def _backup_line(status: dict[str, Any]) -> str:
     )
 
 
+def _last_error(status: dict[str, Any]) -> str:
+    """The sentence, with its code and the event ID that docs/operations.md explains."""
+    error, code = status.get("last_error"), status.get("last_error_code")
+    if not error:
+        return "-"
+    if not code:
+        return str(error)
+    return f"{error} ({code}, {events.for_failure(str(code), str(error))} in the guide)"
+
+
 def render(status: dict[str, Any]) -> str:
     def local(iso: str | None) -> str:
         if not iso:
@@ -136,7 +147,7 @@ def render(status: dict[str, Any]) -> str:
         f"Waiting for:    {status['waiting_for']}",
         f"Next attempt:   {local(status['next_attempt_at'])}",
         f"Failed attempts in this phase: {status['attempts']}",
-        f"Last error:     {status['last_error'] or '-'}",
+        f"Last error:     {_last_error(status)}",
         f"Authority:      {status['deployment_url'] or '-'}",
         f"Organization:   {status['org'] or '-'}",
         f"User:           {status['username'] or '-'} ({status['user_home'] or 'home unknown'})",

@@ -66,6 +66,10 @@ def test_1_the_authority_cannot_be_reached(agent: Agent, authority: Authority) -
     assert "Connection refused; next attempt at " in line
     assert line.endswith("code=connect_failed attempts=1")
     assert "attempt failed: cannot reach the authority" in history(agent)
+    shown = subprocess.run(
+        agent.command("status"), capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "(connect_failed, HF2101 in the guide)" in shown.stdout
 
 
 def test_2_the_certificate_does_not_match_the_pin(agent: Agent, authority: Authority) -> None:
