@@ -26,6 +26,8 @@ _NUMBERS: dict[str, tuple[type, float, float, float]] = {
     "retry_jitter": (float, 0.0, 0.5, 0.1),
     "request_timeout_seconds": (float, 1, 600, 30),
     "detection_timeout_seconds": (int, 1, 300, 60),
+    "log_max_mb": (int, 1, 1000, 10),
+    "log_files": (int, 1, 50, 5),
 }
 _STRINGS = ("log_level", "machine_id_file", "log_format", "detection_user")
 DEFAULT_DETECTION_USER = "nobody"

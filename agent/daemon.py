@@ -129,6 +129,8 @@ class Daemon:
             self.config.log_level,
             log_format=self.config.log_format,
             history_file=self.paths.history_log,
+            max_bytes=int(self.config.setting("log_max_mb", None)) * 1024 * 1024,
+            backups=int(self.config.setting("log_files", None)),
         )
         claim_pid_file(self.paths, __version__)
         if threading.current_thread() is threading.main_thread():

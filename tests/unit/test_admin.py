@@ -64,7 +64,7 @@ def test_init_refuses_what_is_not_a_host_name(tmp_path: Path, host: str) -> None
 
 
 def test_init_refuses_a_host_with_a_port(tmp_path: Path) -> None:
-    # KNOWN BUG: fails; the folder is initialised with the DEPLOYMENT_URL
+    # Once a bug: the folder is initialised with the DEPLOYMENT_URL
     # https://[backup.example.com:8443]:4285, which no agent can connect to.
     folder = DataDir(tmp_path / "d")
     with pytest.raises(InvalidInput, match="--host"):
@@ -73,7 +73,7 @@ def test_init_refuses_a_host_with_a_port(tmp_path: Path) -> None:
 
 def test_init_accepts_a_long_fully_qualified_host_name(tmp_path: Path) -> None:
     # A valid DNS name may be 253 characters long; cloud hosts' FQDNs often pass 64.
-    # KNOWN BUG: fails; the name is put in the certificate's CN, which X.509 caps at 64
+    # Once a bug: the name is put in the certificate's CN, which X.509 caps at 64
     # characters, so init dies with cryptography's ValueError after creating the database.
     host = "ip-10-20-30-40.backup-authority-primary.eu-central-1.compute.internal"
     assert len(host) > 64

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent import events, logs
+from agent.config import load
 from agent.lifecycle import Failed, State
 from agent.lifecycle_model import Phase, PolicyFound
 
@@ -199,3 +200,18 @@ def test_failure_codes_map_to_their_situations() -> None:
     )
     assert events.for_failure("timeout", "the authority did not answer") == events.UNREACHABLE
     assert events.for_failure("something_new") == events.ATTEMPT_FAILED
+
+
+def test_rotation_follows_agent_yaml(log_dir: Path) -> None:
+    (log_dir / "agent.yaml").write_text("log_max_mb: 1\nlog_files: 2\n")
+    config = load(log_dir / "agent.yaml")
+    logger = setup(
+        log_dir,
+        max_bytes=int(config.setting("log_max_mb", None)) * 1024 * 1024,
+        backups=int(config.setting("log_files", None)),
+    )
+    for n in range(3 * 1024):
+        logger.info("line %d %s", n, "x" * 1000)
+    names = sorted(p.name for p in log_dir.glob("agent.log*"))
+    assert names == ["agent.log", "agent.log.1", "agent.log.2"]
+    assert (log_dir / "agent.log.1").stat().st_size <= 1024 * 1024

@@ -77,7 +77,7 @@ def test_script_of_only_a_byte_order_mark_is_refused_as_empty(
     tmp_path: Path, content: bytes
 ) -> None:
     # Notepad saves an "empty" file as a lone UTF-8 BOM; it detects no one, like an empty file.
-    # KNOWN BUG: fails; the emptiness check runs on the raw bytes, before the BOM is removed.
+    # Once a bug: the emptiness check runs on the raw bytes, before the BOM is removed.
     path = script(tmp_path, "detect.ps1", content)
     with pytest.raises(InvalidInput, match="is empty"):
         load_script(f"windows={path}")
@@ -152,7 +152,7 @@ def test_shebang_naming_nothing_is_refused(tmp_path: Path) -> None:
 
 
 def test_shebang_with_unbalanced_quote_is_refused_as_bad_input(tmp_path: Path) -> None:
-    # KNOWN BUG: fails; shlex's ValueError escapes, so the CLI reports an "unexpected error"
+    # Once a bug: shlex's ValueError escapes, so the CLI reports an "unexpected error"
     # with exit code 1 instead of naming the file with exit code 2.
     path = script(tmp_path, "detect.sh", '#!/bin/sh -c "\necho hi\n')
     with pytest.raises(InvalidInput, match=r"detect\.sh"):
