@@ -19,6 +19,16 @@ from agent.errors import AgentError
 from agent.paths import ENV_HOME, AgentPaths
 
 
+def _line_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{count} is negative; give 0 or more")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     home = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a --home given before the command is not overwritten by this default.
@@ -59,6 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--snapshot", metavar="ID", help="default: the newest")
     rest.add_argument("--overwrite", action="store_true", help="replace existing files")
     rest.add_argument("paths", nargs="*", metavar="PATH", help="only these (relative to home)")
+    logs = sub.add_parser("logs", parents=[home], help="print the agent log")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until Ctrl-C")
+    logs.add_argument(
+        "-n", "--lines", type=_line_count, default=50, metavar="N", help="default: 50"
+    )
+    logs.add_argument(
+        "--file",
+        choices=("agent", "history", "detection"),
+        default="agent",
+        help="which log of the log folder (default: agent)",
+    )
+    diagnose = sub.add_parser("diagnose", parents=[home], help="a redacted support bundle")
+    diagnose.add_argument("--output", required=True, metavar="FILE.zip", help="where to write it")
+    diagnose.add_argument("--force", action="store_true", help="replace an existing FILE.zip")
+    doctor = sub.add_parser(
+        "doctor", parents=[home], help="preflight: DNS, TCP, TLS pin, token, clock, detection"
+    )
+    doctor.add_argument(
+        "--deploy-args", metavar="S", help="check these installer arguments, not deploy.properties"
+    )
     install = sub.add_parser("install", help="install and start the system service")
     install.add_argument("--deploy-args", required=True, metavar="S", help="the CP_ARGS string")
     uninstall = sub.add_parser("uninstall", help="stop and remove the system service")
@@ -193,6 +223,32 @@ def _backup_command(args: argparse.Namespace, paths: AgentPaths) -> int:
     )
 
 
+def _logs(args: argparse.Namespace, paths: AgentPaths) -> int:
+    from agent.logview import logs_command
+
+    return logs_command(paths, args.lines, args.follow, args.file, out=sys.stdout)
+
+
+def _diagnose(args: argparse.Namespace, paths: AgentPaths) -> int:
+    from agent.diagnose import diagnose_command
+    from agent.doctor import format_checks, run_doctor
+
+    # The bundle carries the preflight too: support sees what the device saw, at once.
+    return diagnose_command(
+        paths,
+        Path(args.output),
+        doctor=lambda: format_checks(run_doctor(paths)),
+        out=sys.stdout,
+        force=args.force,
+    )
+
+
+def _doctor(args: argparse.Namespace, paths: AgentPaths) -> int:
+    from agent.doctor import doctor_command
+
+    return doctor_command(paths, args.deploy_args, out=sys.stdout)
+
+
 def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> int:
     handlers: dict[str, Callable[[], int]] = {
         "run": lambda: _run(args, paths, words),
@@ -206,8 +262,11 @@ def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> 
         "login-dialog": lambda: _login_dialog(paths),
         "service": lambda: _windows_service(paths),
         "login": lambda: _login(args, paths),
+        "logs": lambda: _logs(args, paths),
+        "diagnose": lambda: _diagnose(args, paths),
         "install": lambda: _service(args),
         "uninstall": lambda: _service(args),
+        "doctor": lambda: _doctor(args, paths),
     }
     return handlers[args.command]()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class PinMismatch(ssl.SSLCertVerificationError):
@@ -48,23 +48,42 @@ def pinned_context(pins: Iterable[str]) -> ssl.SSLContext:
     wanted = frozenset(normalise_fingerprint(p) for p in pins)
     if not wanted:
         raise ValueError("no fingerprints to pin")
+    return _context_checking(lambda der: check_peer(der, wanted))
 
-    class PinnedSocket(ssl.SSLSocket):
+
+def recording_context(seen: list[bytes]) -> ssl.SSLContext:
+    """A client context that accepts any certificate and appends its DER bytes to `seen`.
+
+    For `holdfast doctor`, which shows support staff the fingerprints a server presents
+    before comparing them with the pins. Never for a request that carries a secret.
+    """
+
+    def record(der: bytes | None) -> None:
+        if der is not None:
+            seen.append(der)
+
+    return _context_checking(record)
+
+
+def _context_checking(check: Callable[[bytes | None], None]) -> ssl.SSLContext:
+    """A TLS 1.2+ client context that hands the peer's certificate to `check` in the handshake."""
+
+    class CheckedSocket(ssl.SSLSocket):
         def do_handshake(self, block: bool = False) -> None:
             super().do_handshake(block)
-            check_peer(self.getpeercert(binary_form=True), wanted)
+            check(self.getpeercert(binary_form=True))
 
-    class PinnedObject(ssl.SSLObject):
+    class CheckedObject(ssl.SSLObject):
         def do_handshake(self) -> None:
             super().do_handshake()
-            check_peer(self.getpeercert(binary_form=True), wanted)
+            check(self.getpeercert(binary_form=True))
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    context.sslsocket_class = PinnedSocket
-    context.sslobject_class = PinnedObject
+    context.sslsocket_class = CheckedSocket
+    context.sslobject_class = CheckedObject
     return context
 
 
@@ -74,4 +93,5 @@ __all__ = [
     "fingerprints_of",
     "normalise_fingerprint",
     "pinned_context",
+    "recording_context",
 ]

@@ -38,8 +38,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename inside `folder` durable (where the OS can open a folder)."""
     if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -109,6 +114,7 @@ def load_state(path: Path) -> State:
 __all__ = [
     "STATE_VERSION",
     "StateError",
+    "fsync_folder",
     "load_state",
     "read_json",
     "save_state",

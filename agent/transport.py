@@ -8,6 +8,8 @@
   refused or reset, timeout, 5xx, 429; Retry-After kept) or PermanentError (the authority
   said no: unknown token, deactivated organization, refused input), each with a sentence a
   support person understands.
+- `probe_server` (for `holdfast doctor`) is the one exception to the pins: it accepts any
+  certificate to report its fingerprints, and sends no secret.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import datetime as dt
 import email.utils
 import ssl
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from agent.errors import PermanentError, TransientError
-from agent.pinning import PinMismatch, pinned_context
+from agent.pinning import PinMismatch, pinned_context, recording_context
 
 TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 PACK_TIMEOUT = 120.0
@@ -172,6 +175,10 @@ class AuthorityClient:
             raise TransientError("bad_answer", "the authority's answer was not a JSON object")
         return answer
 
+    def health(self) -> dict[str, Any]:
+        """GET /api/v1/health: no secret is sent, so it tests the connection and TLS trust."""
+        return self._object("GET", "/api/v1/health", {})
+
     def post(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
         """POST JSON; the decoded JSON answer, or a typed error."""
         return self._object("POST", path, headers, body=body)
@@ -275,6 +282,49 @@ class AuthorityClient:
         return key
 
 
+@dataclass(frozen=True)
+class ServerProbe:
+    """One unverified look at the authority: the certificate it presents, and its clock."""
+
+    certificate: bytes  # DER, as the handshake delivered it
+    date: str | None  # the Date header of the answer; None when no answer came
+    problem: str | None  # why no answer came after the handshake, else None
+
+
+def probe_server(url: str, *, proxy: str | None = None, timeout: float = 30.0) -> ServerProbe:
+    """Shake hands with `url` accepting any certificate, then GET /api/v1/health.
+
+    For `holdfast doctor`: the fingerprints a device really sees are known even when they
+    are not the pinned ones, so support staff can compare them. The request carries no
+    secret. No completed handshake is a TransientError (`connect_failed` or `timeout`).
+    """
+    seen: list[bytes] = []
+    client = httpx.Client(
+        base_url=url,
+        verify=recording_context(seen),
+        proxy=proxy,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
+        trust_env=False,
+        headers={"User-Agent": "holdfast-agent"},
+    )
+    with client:
+        try:
+            response = client.get("/api/v1/health")
+        except httpx.HTTPError as exc:
+            if seen:
+                return ServerProbe(seen[-1], None, _short(exc))
+            if isinstance(exc, httpx.TimeoutException):
+                raise TransientError(
+                    "timeout", f"the server at {url} did not answer in time"
+                ) from exc
+            raise TransientError(
+                "connect_failed", f"no TLS handshake with {url}: {_short(exc)}"
+            ) from exc
+    if not seen:  # a handshake without a certificate: nothing a pin could match
+        raise TransientError("connect_failed", f"the server at {url} presented no certificate")
+    return ServerProbe(seen[-1], response.headers.get("Date"), None)
+
+
 def _unframe_blobs(data: bytes, asked: set[str]) -> list[tuple[str, bytes | None]]:
     """Split a `/chunks/fetch` answer: per blob 64 hex digits of id, a 4-byte big-endian
     length, the bytes; length 0 means "not stored"."""
@@ -303,4 +353,4 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-__all__ = ["AuthorityClient", "retry_after_seconds"]
+__all__ = ["AuthorityClient", "ServerProbe", "probe_server", "retry_after_seconds"]

@@ -41,6 +41,12 @@ class Agent:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "agent", *args, "--home", str(self.home)]
 
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run one `holdfast` command against this agent's folders; its result."""
+        return subprocess.run(
+            self.command(*args), capture_output=True, text=True, timeout=timeout, check=False
+        )
+
     def start(self, *args: str) -> None:
         with (self.home / "agent.out").open("ab") as out:
             self.process = subprocess.Popen(

@@ -50,19 +50,13 @@ def agent(tmp_path: Path, authority: Authority, home: Path) -> Iterator[Agent]:
         running.stop()
 
 
-def holdfast(agent: Agent, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        agent.command(*args), capture_output=True, text=True, timeout=120, check=False
-    )
-
-
 def test_the_first_backup_runs_after_registration_and_restores_byte_for_byte(
     agent: Agent, home: Path, tmp_path: Path
 ) -> None:
     status = agent.wait_for(lambda s: s["last_backup"] is not None, what="the first backup")
     assert status["last_backup"]["files"] == 5  # .cache is excluded by the default policy
     target = tmp_path / "restored"
-    restored = holdfast(agent, "restore", "--to", str(target))
+    restored = agent.cli("restore", "--to", str(target))
     assert restored.returncode == 0, restored.stderr
     assert not (target / ".cache").exists()
     comparison = filecmp.dircmp(home, target, ignore=[".cache"])
@@ -79,10 +73,10 @@ def test_backup_now_waits_for_the_new_snapshot_and_snapshots_lists_it(
 ) -> None:
     first = agent.wait_for(lambda s: s["last_backup"] is not None, what="the first backup")
     (home / "Documents" / "new.txt").write_text("written after the first backup\n")
-    result = holdfast(agent, "backup-now")
+    result = agent.cli("backup-now")
     assert result.returncode == 0, result.stderr
     assert "Backup complete" in result.stdout
-    listed = holdfast(agent, "snapshots", "--json")
+    listed = agent.cli("snapshots", "--json")
     snapshots = __import__("json").loads(listed.stdout)
     assert len(snapshots) == 2
     assert snapshots[0]["snapshot_id"] == first["last_backup"]["snapshot_id"]
@@ -95,10 +89,10 @@ def test_restore_refuses_to_overwrite_without_overwrite(agent: Agent, tmp_path: 
     target = tmp_path / "restored"
     (target / "Documents").mkdir(parents=True)
     (target / "Documents" / "notes.txt").write_text("mine, keep it\n")
-    result = holdfast(agent, "restore", "--to", str(target), "Documents/notes.txt")
+    result = agent.cli("restore", "--to", str(target), "Documents/notes.txt")
     assert "left alone" in result.stdout
     assert (target / "Documents" / "notes.txt").read_text() == "mine, keep it\n"
-    again = holdfast(agent, "restore", "--to", str(target), "--overwrite", "Documents/notes.txt")
+    again = agent.cli("restore", "--to", str(target), "--overwrite", "Documents/notes.txt")
     assert again.returncode == 0, again.stderr
     assert (target / "Documents" / "notes.txt").read_text() == "meeting notes\n" * 100
 
@@ -125,7 +119,7 @@ def test_an_interrupted_backup_leaves_no_snapshot_and_the_next_one_completes(
     assert agent.status()["last_backup"]["files"] == 5  # the interrupted run committed nothing
     agent.start()
     agent.wait_phase("backing_up")
-    result = holdfast(agent, "backup-now")
+    result = agent.cli("backup-now")
     assert result.returncode == 0, result.stderr
     final = agent.status()["last_backup"]
     assert final["files"] == 8
