@@ -13,10 +13,15 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.errors import AgentError
+from agent.frozen import is_frozen, original_environment, self_command
 from agent.paths import ENV_HOME, AgentPaths
+
+if TYPE_CHECKING:
+    from agent.deploy_args import DeployArgs
 
 
 def _line_count(text: str) -> int:
@@ -91,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     install = sub.add_parser("install", help="install and start the system service")
     install.add_argument("--deploy-args", required=True, metavar="S", help="the CP_ARGS string")
+    # No help: hidden, the .deb's postinst runs it (packaging/debian/postinst).
+    saved = sub.add_parser("save-deploy-args", parents=[home])
+    given = saved.add_mutually_exclusive_group(required=True)
+    given.add_argument("--deploy-args", metavar="S", help="the CP_ARGS string; - reads stdin")
+    given.add_argument("--deploy-file", metavar="P", help="a deploy.properties")
     uninstall = sub.add_parser("uninstall", help="stop and remove the system service")
     uninstall.add_argument(
         "--purge", action="store_true", help="also remove settings, identity, state and logs"
@@ -111,7 +121,7 @@ def _control(command: str, paths: AgentPaths) -> int:
 
 def _this_command() -> str | None:
     """The absolute path of the running `holdfast`, for the service to run the same one."""
-    if getattr(sys, "frozen", False):
+    if is_frozen():
         return sys.executable
     found = shutil.which("holdfast")
     return str(Path(found).resolve()) if found else None
@@ -143,24 +153,37 @@ def _reexec_without_args(argv: Sequence[str]) -> None:
         if word.startswith(("--deploy-args=", "--deploy-file=")):
             continue
         kept.append(word)
-    if getattr(sys, "frozen", False):
-        command = [sys.executable, *kept]
-    else:
-        command = [sys.executable, "-m", "agent", *kept]
+    command = [*self_command(), *kept]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(command[0], command)  # noqa: S606  # our own interpreter, our own module
+    # The environment this process started with: frozen, the bootloader sets it up again.
+    os.execve(command[0], command, original_environment())  # noqa: S606  # ourselves
+
+
+def _given_args(args: argparse.Namespace) -> DeployArgs:
+    """The installer arguments of --deploy-args (`-`: from stdin) or --deploy-file, checked."""
+    from agent.deploy_args import parse_cp_args, read_properties_file
+
+    if args.deploy_file is not None:
+        return read_properties_file(Path(args.deploy_file))
+    # From stdin, the token is in no process's command line, not even briefly.
+    text: str = sys.stdin.read() if args.deploy_args == "-" else args.deploy_args
+    return parse_cp_args(text)
+
+
+def _save_deploy_args(args: argparse.Namespace, paths: AgentPaths) -> int:
+    from agent.service import save_installer_arguments
+
+    for line in save_installer_arguments(_given_args(args), paths):
+        print(line)
+    return 0
 
 
 def _run(args: argparse.Namespace, paths: AgentPaths, argv: Sequence[str]) -> int:
     if args.deploy_args is not None or args.deploy_file is not None:
-        from agent.deploy_args import parse_cp_args, read_properties_file, save
+        from agent.deploy_args import save
 
-        given = (
-            parse_cp_args(args.deploy_args)
-            if args.deploy_args is not None
-            else read_properties_file(Path(args.deploy_file))
-        )
+        given = _given_args(args)
         paths.ensure()
         save(given, paths.deploy_properties)
         if given.warnings:
@@ -265,6 +288,7 @@ def _dispatch(args: argparse.Namespace, paths: AgentPaths, words: list[str]) -> 
         "logs": lambda: _logs(args, paths),
         "diagnose": lambda: _diagnose(args, paths),
         "install": lambda: _service(args),
+        "save-deploy-args": lambda: _save_deploy_args(args, paths),
         "uninstall": lambda: _service(args),
         "doctor": lambda: _doctor(args, paths),
     }

@@ -1,15 +1,18 @@
 """The agent's only loop: performs the lifecycle's actions, persists, sleeps until due.
 
-Signal handlers only set a flag and wake the loop; the loop persists and exits cleanly.
+Signal handlers only set a flag and write a byte to a pipe, which a thread of the daemon
+turns into a wake-up of the loop; the loop persists and exits cleanly.
 State is written atomically after every transition, so a restart (or a crash, or a
 reboot) resumes the phase the agent was in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import logging
+import os
 import random
 import signal
 import socket
@@ -22,12 +25,11 @@ from typing import Any
 import psutil
 
 from agent import __version__, events, logs
-from agent.backup.schedule import back_up_home
+from agent.backup.progress import PROGRESS_FILE
 from agent.config import AgentConfig
 from agent.config import load as load_config
 from agent.control import ControlRequest, ControlServer, Peer, RequestQueue, authorize
 from agent.deploy_args import DeployArgs, read_properties_file
-from agent.detection import DetectionError, DetectionScript, SandboxSettings, detect
 from agent.device import authority_client
 from agent.errors import AgentError, ContactError, PermanentError, Refused, UsageError
 from agent.identity import Identity, hardware_id, load_or_create, renew
@@ -61,7 +63,7 @@ from agent.logs import log_transition, when
 from agent.paths import AgentPaths
 from agent.policy import Policy, this_os
 from agent.registration import load_credential, register, sign_in, sign_in_failure
-from agent.state import load_state, save_state
+from agent.state import load_state, recover, save_state, sweep_temporaries
 from agent.status import claim_pid_file, collect
 from agent.transport import AuthorityClient
 
@@ -109,6 +111,8 @@ class Daemon:
         self.requests = RequestQueue(self.wake)
         self.backup_wanted = False
         self.backup_cancel = threading.Event()
+        self.unsaved = False  # the latest state could not be saved (a full disk)
+        self._signal_pipe = -1  # the write end the signal handler wakes the loop through
 
     # Signals and the loop
 
@@ -119,7 +123,35 @@ class Daemon:
         self.wake.set()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.request_stop()
+        # A flag and a byte only: request_stop() here could deadlock, for the handler runs on
+        # the main thread, which may be holding `wake`'s own lock (inside wait() or clear()).
+        self.stopping = True
+        with contextlib.suppress(OSError):  # a full pipe: a stop is on its way already
+            os.write(self._signal_pipe, b"\0")
+
+    def _catch_signals(self) -> Callable[[], None]:
+        """SIGTERM and SIGINT stop the loop from now on; the function returned undoes it."""
+        read_end, self._signal_pipe = os.pipe()
+        os.set_blocking(self._signal_pipe, False)
+        threading.Thread(
+            target=self._forward_signals, args=(read_end,), name="signals", daemon=True
+        ).start()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            os.close(self._signal_pipe)  # the forwarding thread reads the end, and ends
+
+        return restore
+
+    def _forward_signals(self, read_end: int) -> None:
+        """On a thread of its own: each byte of the signal handler becomes request_stop()."""
+        try:
+            while os.read(read_end, 1):
+                self.request_stop()
+        finally:
+            os.close(read_end)
 
     def run(self) -> int:
         self.paths.ensure()
@@ -133,11 +165,13 @@ class Daemon:
             backups=int(self.config.setting("log_files", None)),
         )
         claim_pid_file(self.paths, __version__)
+        # A daemon killed during a backup left its progress behind; no backup runs yet.
+        (self.paths.run / PROGRESS_FILE).unlink(missing_ok=True)
+        restore_signals = None
         if threading.current_thread() is threading.main_thread():
             # A Windows service runs the daemon on the SCM's thread and stops it through
             # request_stop(); Python allows signal handlers in the main thread only.
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self._on_signal)
+            restore_signals = self._catch_signals()
         control = ControlServer(self.paths.run, self._on_control)
         try:
             # The channel first: a restart may begin with a long backup, and `stop` or
@@ -165,12 +199,22 @@ class Daemon:
             self.requests.refuse_all("the agent is shutting down")
             self.paths.pid_file.unlink(missing_ok=True)
             logs.close()
+            if restore_signals is not None:
+                restore_signals()
 
     def _start(self) -> None:
         now = self.clock()
+        for name in sweep_temporaries(self.paths.state):
+            log.info("removed %s, left by a write that a crash interrupted", name)
         hardware = hardware_id(self.config.machine_id_file)
         self.identity, reason = load_or_create(self.paths.identity, hardware, now)
-        self.state = load_state(self.paths.state_file)
+        self.state = recover(
+            load_state,
+            self.paths.state_file,
+            State(),
+            now,
+            "the agent starts over from its first phase, with the same device identity",
+        )
         if reason is not None and reason != "first start":
             # A cloned image: nothing of the original device is ours, start over as new.
             self.paths.credential.unlink(missing_ok=True)
@@ -290,12 +334,40 @@ class Daemon:
             before = self.state
             self.state, actions = step(self.state, current, self.clock(), self.env())
             if self.state != before:
-                save_state(self.paths.state_file, self.state)
+                self._save()
                 log_transition(before, self.state, current, self.clock())
             for action in actions:
                 outcome = self._perform(action)
                 if outcome is not None:
                     queue.append(outcome)
+
+    def _save(self) -> None:
+        """Persist the state. When that fails (a full disk) the last saved state stays
+        whole, the agent goes on from memory, and every later change tries again."""
+        try:
+            save_state(self.paths.state_file, self.state)
+        except OSError as exc:
+            failed = failure_of(exc)
+            if not self.unsaved:
+                log.warning(
+                    "cannot save the state: %s; the last saved state is kept",
+                    failed.message,
+                    extra=logs.event(events.for_failure(failed.code), code=failed.code),
+                )
+            self.unsaved = True
+            return
+        if self.unsaved:
+            log.info("the state is saved again")
+            self.unsaved = False
+
+    def _credential(self) -> str | None:
+        return recover(
+            load_credential,
+            self.paths.credential,
+            None,
+            self.clock(),
+            "the device registers again with its GUID",
+        )
 
     def _perform(self, action: Action) -> Event | None:
         try:
@@ -340,7 +412,7 @@ class Daemon:
         if any(self.state.facts.get(k) != v for k, v in tray.items()):
             # The tray runs as the user, who cannot read conf/: it learns these from status.
             self.state = replace(self.state, facts={**self.state.facts, **tray})
-            save_state(self.paths.state_file, self.state)
+            self._save()
         if self.args is None or args.token_tag() != self.args.token_tag():
             for warning in args.warnings:
                 log.warning("%s", warning)
@@ -399,7 +471,7 @@ class Daemon:
         return PolicyFound(policy.org, policy.registration)
 
     def _fetch_device_policy(self) -> Event:
-        credential = load_credential(self.paths.credential)
+        credential = self._credential()
         if credential is None or self.args is None:
             log.warning(
                 "the device credential is missing from %s",
@@ -423,6 +495,10 @@ class Daemon:
         return CheckedIn(policy.org)
 
     def _detect(self) -> Event | None:
+        # Imported here, as the backup engine in _backup: an agent that waits for its policy
+        # or between backups, for months, does not keep the sandbox's modules in memory.
+        from agent.detection import DetectionError, DetectionScript, SandboxSettings, detect
+
         if self.policy is None or self.policy.detection is None:
             return Failed(
                 "no_detection_script",
@@ -519,7 +595,11 @@ class Daemon:
             )
 
     def _backup(self) -> Event | None:
-        credential = load_credential(self.paths.credential)
+        # The engine (cryptography, zstandard, blake3, fastcdc, SQLite: ~10 MB resident) is
+        # loaded at the first backup, not by an agent that still waits for its policy.
+        from agent.backup.schedule import back_up_home
+
+        credential = self._credential()
         if credential is None or not self.state.user_home:
             return CredentialRejected("the device credential is missing; registering again")
         settings = self.policy.settings if self.policy else self.state.facts.get("settings") or {}

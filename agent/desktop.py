@@ -9,7 +9,6 @@ window and leaves it only in its request to the daemon.
 
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.frozen import is_frozen, original_environment
 from agent.paths import ENV_HOME, AgentPaths
 
 READY = "ready"
@@ -42,7 +42,9 @@ def open_in_file_manager(
         argv = ["xdg-open", str(folder)]
     # The user's whole environment on purpose: the file manager needs their session
     # (DISPLAY, D-Bus address, XDG settings), and it runs as them, like the tray.
-    child = popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    child = popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=original_environment()
+    )
     # Reaped in the background: no zombie, and no "still running" warning when dropped.
     threading.Thread(target=child.wait, name="file-manager", daemon=True).start()
 
@@ -93,7 +95,7 @@ class LoginDialog:
         start_seconds: float = WINDOW_START_SECONDS,
     ) -> None:
         if frozen is None:
-            frozen = bool(getattr(sys, "frozen", False))
+            frozen = is_frozen()
         self.argv = login_dialog_command(home_of(paths), frozen=frozen, executable=executable)
         self._popen = popen
         self._start_seconds = start_seconds
@@ -104,7 +106,7 @@ class LoginDialog:
             return None  # already open: a second window would only race the first
         # The user's environment: the window needs their session (DISPLAY, XAUTHORITY,
         # WAYLAND_DISPLAY, locale). Not HOLDFAST_HOME: the command line says which agent.
-        env = {name: value for name, value in os.environ.items() if name != ENV_HOME}
+        env = {k: v for k, v in original_environment().items() if k != ENV_HOME}
         child = self._popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, text=True
         )

@@ -4,22 +4,33 @@ A golden image cloned onto many laptops carries the same `state/identity`. Bindi
 GUID to a digest of the machine's own identity (systemd's machine-id, the macOS platform
 UUID, the Windows MachineGuid) lets each clone notice that the file is not its own and make
 a fresh GUID, so clones never share a device record or a backup archive.
+
+`state/identity.backup` is a second copy of the file, written with it. A damaged identity
+is set aside and the copy restores it: a new GUID for the same machine would make a second
+device on the authority (registration is idempotent by GUID only), orphaning the first with
+its snapshots. Only when neither can be read does the machine become a new device.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from agent import events, logs
 from agent.errors import AgentError
-from agent.state import read_json, write_json
+from agent.state import StateDamaged, StateError, read_json, set_aside, write_json
+
+log = logging.getLogger(logs.LOGGER)
 
 IDENTITY_VERSION = 1
+COPY_SUFFIX = ".backup"
 LINUX_MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
@@ -72,37 +83,98 @@ def hardware_id(machine_id_file: str | None = None) -> str:
     return hashlib.sha256(f"holdfast-hardware:{raw}".encode()).hexdigest()
 
 
-def load_or_create(path: Path, hardware: str, now: dt.datetime) -> tuple[Identity, str | None]:
-    """The identity for this machine, and why a new one was made (None when it was kept)."""
+def copy_of(path: Path) -> Path:
+    """Where the second copy of the identity file lives."""
+    return path.with_name(path.name + COPY_SUFFIX)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
     body = read_json(path, IDENTITY_VERSION)
-    if body is not None and body.get("hardware_id") == hardware and body.get("guid"):
-        return Identity(str(body["guid"]), hardware, str(body.get("created_at", ""))), None
-    reason = (
-        "first start"
-        if body is None
-        else f"the identity file belongs to other hardware (device {body.get('guid')}): "
-        "a cloned disk image; this machine gets its own device"
-    )
+    if body is None:
+        return None
+    try:
+        body["guid"] = str(uuid.UUID(str(body.get("guid"))))
+    except ValueError:
+        raise StateDamaged(path, "no device GUID") from None
+    if not isinstance(body.get("hardware_id"), str):
+        raise StateDamaged(path, "no hardware_id")
+    return body
+
+
+def _read_copy(path: Path) -> dict[str, Any] | None:
+    try:
+        return _read(copy_of(path))
+    except StateError:
+        return None  # the copy is only ever rewritten, never trusted when damaged
+
+
+def load_or_create(path: Path, hardware: str, now: dt.datetime) -> tuple[Identity, str | None]:
+    """The identity for this machine, and why a new one was made (None when it was kept).
+
+    A missing or damaged file (the damaged one set aside) is restored from its copy when
+    the copy is this machine's; another version stops the agent (StateError).
+    """
+    lost = None  # why the file itself could not be used
+    try:
+        body = _read(path)
+    except StateDamaged as exc:
+        aside = set_aside(path, now)
+        body, lost = None, f"damaged ({exc.problem}; moved to {aside.name})"
+    if body is None:
+        lost = lost or "missing"
+        body = _read_copy(path)
+    if body is not None and body["hardware_id"] == hardware:
+        identity = Identity(body["guid"], hardware, str(body.get("created_at", "")))
+        if lost is not None:
+            log.warning(
+                "%s is %s: device identity %s restored from %s",
+                path,
+                lost,
+                identity.guid,
+                copy_of(path).name,
+                extra=logs.event(events.LOCAL_ERROR, damaged=path.name),
+            )
+        if lost is not None or _read_copy(path) != body:
+            _write(path, identity)  # the file restored, or its copy made or refreshed
+        return identity, None
+    if body is not None:
+        reason = (
+            f"the identity file belongs to other hardware (device {body['guid']}): "
+            "a cloned disk image; this machine gets its own device"
+        )
+    elif lost == "missing":
+        reason = "first start"
+    else:
+        log.warning(
+            "%s is %s, and its copy cannot be read either",
+            path,
+            lost,
+            extra=logs.event(events.LOCAL_ERROR, damaged=path.name),
+        )
+        reason = (
+            "the identity file was damaged and no copy of it could be read; this machine "
+            "registers as a new device (an administrator may delete the old one)"
+        )
     identity = Identity(str(uuid.uuid4()), hardware, now.isoformat())
-    write_json(
-        path,
-        IDENTITY_VERSION,
-        {"guid": identity.guid, "hardware_id": hardware, "created_at": identity.created_at},
-        mode=0o644,
-    )
+    _write(path, identity)
     return identity, reason
 
 
 def renew(path: Path, hardware: str, now: dt.datetime) -> Identity:
     """A fresh GUID for this machine (the authority said the old one is another machine's)."""
     identity = Identity(str(uuid.uuid4()), hardware, now.isoformat())
-    write_json(
-        path,
-        IDENTITY_VERSION,
-        {"guid": identity.guid, "hardware_id": hardware, "created_at": identity.created_at},
-        mode=0o644,
-    )
+    _write(path, identity)
     return identity
 
 
-__all__ = ["Identity", "hardware_id", "load_or_create", "renew"]
+def _write(path: Path, identity: Identity) -> None:
+    body = {
+        "guid": identity.guid,
+        "hardware_id": identity.hardware_id,
+        "created_at": identity.created_at,
+    }
+    write_json(path, IDENTITY_VERSION, body, mode=0o644)
+    write_json(copy_of(path), IDENTITY_VERSION, body, mode=0o644)
+
+
+__all__ = ["Identity", "copy_of", "hardware_id", "load_or_create", "renew"]

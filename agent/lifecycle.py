@@ -69,7 +69,8 @@ def device_phase(device_guid: str) -> float:
 def jittered(base: float, env: Env) -> float:
     """`base` moved by up to +/- jitter, by the draw shifted by the device's phase."""
     unit = (env.draw + env.device_phase) % 1.0
-    return max(1.0, base * (1.0 + env.timings.jitter * (2.0 * unit - 1.0)))
+    # Never under a second, or under a sub-second base (agent.yaml only, for soak runs).
+    return max(min(1.0, base), base * (1.0 + env.timings.jitter * (2.0 * unit - 1.0)))
 
 
 def _after(now: dt.datetime, base: float, env: Env, retry_after: float | None) -> dt.datetime:

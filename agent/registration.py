@@ -12,6 +12,7 @@ attempt registers the same GUID again, and registration is idempotent by GUID.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from agent.errors import (
     UsageError,
 )
 from agent.identity import Identity
-from agent.state import write_atomic
+from agent.state import StateDamaged, write_atomic
 from agent.transport import AuthorityClient
 
 log = logging.getLogger(logs.LOGGER)
@@ -144,11 +145,20 @@ def _save(answer: dict[str, Any], credential_path: Path) -> Registration:
 
 
 def load_credential(path: Path) -> str | None:
+    """The device credential, or None before registration; StateDamaged when the file holds
+    something no authority issues (a truncated or corrupted file)."""
     try:
-        value = path.read_text("utf-8").strip()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    return value or None
+    value = raw.strip()
+    if not _CREDENTIAL.fullmatch(value):
+        raise StateDamaged(path, "not a device credential")
+    return value.decode("ascii")
+
+
+# What can travel in an Authorization header: printable ASCII, no spaces.
+_CREDENTIAL = re.compile(rb"[!-~]{1,1024}")
 
 
 __all__ = ["Registration", "load_credential", "register", "sign_in", "sign_in_failure"]

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from agent.deploy_args import DeployArgs, parse_cp_args, save
 from agent.errors import AgentError, Refused, UsageError
+from agent.frozen import original_environment
 from agent.paths import AgentPaths
 from agent.state import write_atomic
 
@@ -252,7 +253,8 @@ def _is_administrator(platform: str) -> bool:
 
 
 def _run_checked(argv: list[str]) -> None:
-    subprocess.run(argv, check=True)
+    # Frozen, without the bootloader's library path: systemctl must load its own libraries.
+    subprocess.run(argv, check=True, env=original_environment())
 
 
 def posix_executable_problem(path: str) -> str | None:
@@ -291,6 +293,15 @@ def save_deploy_args(paths: AgentPaths, args: DeployArgs, readers: str = "root")
     return (
         f"Saved the installer arguments in {paths.deploy_properties} (readable by {readers} only)."
     )
+
+
+def save_installer_arguments(args: DeployArgs, paths: AgentPaths) -> list[str]:
+    """What `install` does first, alone, for a service an OS package installed; lines saying so.
+
+    A .deb ships the unit and the tray's autostart itself and tells systemd in its maintainer
+    scripts: `holdfast save-deploy-args` in its postinst leaves the rest to them.
+    """
+    return [f"Warning: {warning}" for warning in args.warnings] + [save_deploy_args(paths, args)]
 
 
 def remove_file(path: Path) -> bool:
@@ -384,5 +395,6 @@ __all__ = [
     "SessionFinder",
     "Target",
     "install",
+    "save_installer_arguments",
     "uninstall",
 ]

@@ -23,6 +23,7 @@ import psutil
 
 from agent.deploy_args import DeployArgs
 from agent.errors import AgentError
+from agent.frozen import original_environment
 from agent.paths import AgentPaths
 from agent.service import (
     CLOAKED_TRAY,
@@ -277,7 +278,12 @@ def _loginctl(*args: str) -> str:
     argv = ["loginctl", *args]
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, check=True, timeout=_LOGINCTL_SECONDS
+            argv,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=_LOGINCTL_SECONDS,
+            env=original_environment(),
         )
     except subprocess.CalledProcessError as exc:
         said = (exc.stderr or "").strip() or f"exit code {exc.returncode}"

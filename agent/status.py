@@ -82,9 +82,10 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
         Phase.BACKING_UP,
         Phase.STOPPED,
     )
+    running = read_pid_file(paths) is not None
     return {
         "phase": state.phase.value,
-        "daemon_running": read_pid_file(paths) is not None,
+        "daemon_running": running,
         "since": _iso(state.since),
         "next_attempt_at": _iso(state.next_attempt_at),
         "attempts": state.attempts,
@@ -101,7 +102,8 @@ def collect(paths: AgentPaths) -> dict[str, Any]:
         "stopped_by": state.stopped_by,
         "resume_phase": state.resume_phase.value if state.resume_phase else None,
         "last_backup": state.last_backup,
-        "backup_running": read_progress(paths.run / PROGRESS_FILE),
+        # A daemon killed during a backup leaves its progress file: no daemon, no backup.
+        "backup_running": read_progress(paths.run / PROGRESS_FILE) if running else None,
         "tray_hidden": bool(state.facts.get("cloaked", False)),
         "registration_warning": state.facts.get("registration_warning"),
         "problems": problems,

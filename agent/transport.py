@@ -28,21 +28,27 @@ from agent.pinning import PinMismatch, pinned_context, recording_context
 
 TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 PACK_TIMEOUT = 120.0
+# The longest wait a Retry-After may ask for: the longest interval agent.yaml allows. A
+# longer one (a typo, a year) would push the next attempt past any date the clock can hold.
+MAX_RETRY_AFTER = 7 * 86400.0
 
 
 def retry_after_seconds(value: str | None, now: dt.datetime | None = None) -> float | None:
-    """Retry-After as seconds: either a number of seconds or an HTTP date."""
+    """Retry-After as seconds: either a number of seconds or an HTTP date; at most
+    MAX_RETRY_AFTER."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": a time in UTC whose sender does not say where it is
+        when = when.replace(tzinfo=dt.UTC)
     now = now or dt.datetime.now(dt.UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(max(0.0, (when - now).total_seconds()), MAX_RETRY_AFTER)
 
 
 def _tls_failure(exc: BaseException) -> PermanentError | None:
@@ -147,6 +153,10 @@ class AuthorityClient:
         except httpx.TimeoutException as exc:
             raise TransientError(
                 "timeout", f"the authority at {self.url} did not answer in time"
+            ) from exc
+        except httpx.DecodingError as exc:  # a body not in the Content-Encoding it claims
+            raise TransientError(
+                "bad_answer", f"the authority's answer could not be decoded: {_short(exc)}"
             ) from exc
         except httpx.TransportError as exc:
             tls = _tls_failure(exc)

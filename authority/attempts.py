@@ -66,20 +66,24 @@ def record_attempt(
     )
     session.add(attempt)
     session.flush()
-    cutoff = session.scalar(
+    # One statement: the first attempt beyond the kept ones, and all older, go. With fewer
+    # kept the subquery is empty (NULL) and nothing matches.
+    cutoff = (
         select(RegistrationAttempt.id)
         .where(RegistrationAttempt.device_guid == attempt.device_guid)
         .order_by(RegistrationAttempt.id.desc())
         .offset(KEPT_PER_DEVICE)
         .limit(1)
+        .scalar_subquery()
     )
-    if cutoff is not None:
-        session.execute(
-            delete(RegistrationAttempt).where(
-                RegistrationAttempt.device_guid == attempt.device_guid,
-                RegistrationAttempt.id <= cutoff,
-            )
+    session.execute(
+        delete(RegistrationAttempt)
+        .where(
+            RegistrationAttempt.device_guid == attempt.device_guid,
+            RegistrationAttempt.id <= cutoff,
         )
+        .execution_options(synchronize_session=False)
+    )
     return attempt
 
 
@@ -91,15 +95,18 @@ def record_apart(
     username: str,
     outcome: str,
     message: str,
+    org_name: str | None = None,
 ) -> None:
     """Record an attempt in a transaction of its own; never fails the request it describes.
 
     A refused registration rolled its own transaction back, and a successful one has
     already committed the device's credential, which the agent must still receive.
+    `org_name`: the organization, when the caller knows it (a successful registration);
+    otherwise the token says which it is, if any.
     """
     try:
         with db.transaction() as session:
-            org_name = org_for_token(session, token)
+            org_name = org_name or org_for_token(session, token)
             if org_name is None:
                 return
             record_attempt(

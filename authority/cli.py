@@ -62,7 +62,7 @@ def _serve(admin: Admin, args: argparse.Namespace) -> None:
     from authority.serve import serve  # uvicorn is only needed here
 
     port = args.port or admin.config.port
-    serve(admin.data, args.host, port, args.max_concurrency, args.retry_after)
+    serve(admin.data, args.host, port, args.max_concurrency, args.retry_after, workers=args.workers)
 
 
 def _absolute(text: str) -> str:
@@ -158,6 +158,12 @@ def _add_server_commands(b: _Builder, sub: Any) -> None:
         "--max-concurrency", type=_positive, default=256, help="requests in flight before 503"
     )
     p.add_argument("--retry-after", type=_positive, default=60, help="Retry-After seconds on 503")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="serving processes (default 1; each takes its share of --max-concurrency)",
+    )
     tls = sub.add_parser("tls", help="certificate rollover").add_subparsers(
         required=True, metavar="ACTION"
     )

@@ -39,6 +39,7 @@ from sqlalchemy.orm import (
 )
 
 SCHEMA_VERSION = 1
+SQLITE_POOL_SIZE = 40
 
 
 def utcnow() -> dt.datetime:
@@ -208,7 +209,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets the pragmas that let the CLI and the server share it."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 10},
+            # As many kept connections as the server has worker threads (anyio's default,
+            # 40): with the default 5 a busy server opened and closed a connection, and
+            # ran its pragmas, for most requests.
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=10,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)

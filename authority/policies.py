@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from authority.db import DetectionScript, Organization, Policy, RetiredToken, utcnow
 from authority.errors import Conflict, Forbidden, Gone, InvalidInput, NotFound, Unauthorized
@@ -107,7 +107,10 @@ def _well_formed_token(token: str | None) -> str:
 def policy_for_token(session: Session, token: str | None) -> Policy:
     """The active policy a token names, or the reason it names none (see module docstring)."""
     wanted = _well_formed_token(token)
-    policy = session.scalar(select(Policy).where(Policy.token == wanted))
+    # The organization in the same query: every caller checks that it is active.
+    policy = session.scalar(
+        select(Policy).where(Policy.token == wanted).options(joinedload(Policy.org))
+    )
     if policy is None:
         retired = session.get(RetiredToken, wanted)
         if retired is None:

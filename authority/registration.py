@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from authority.db import Device, Organization, Policy, User, utcnow
 from authority.errors import Conflict, Forbidden, InvalidInput, Unauthorized
@@ -121,11 +121,18 @@ def _apply_report(device: Device, report: DeviceReport) -> None:
     device.last_seen_at = utcnow()
 
 
-def record_report(session: Session, org: Organization, report: DeviceReport) -> Device:
-    """Note an agent's contact, so `device list` shows installed-but-unregistered devices."""
+def record_report(
+    session: Session, org: Organization, report: DeviceReport, device: Device | None = None
+) -> Device:
+    """Note an agent's contact, so `device list` shows installed-but-unregistered devices.
+
+    `device`: the device the report is about, when the caller has already loaded it (a
+    check-in found it by its credential), so it is not looked up again.
+    """
     guid = check_guid(report.guid)
     check_report(report)
-    device = session.scalar(select(Device).where(Device.guid == guid))
+    if device is None or device.guid != guid:
+        device = session.scalar(select(Device).where(Device.guid == guid))
     if device is None:
         device = Device(guid=guid, org=org)
         session.add(device)
@@ -213,8 +220,11 @@ def register(
 def device_for_credential(session: Session, credential: str | None) -> Device:
     if not credential:
         raise Unauthorized("no device credential in the request", code="credential_missing")
+    # The organization in the same query: every caller checks that it is active.
     device = session.scalar(
-        select(Device).where(Device.credential_hash == credential_digest(credential))
+        select(Device)
+        .where(Device.credential_hash == credential_digest(credential))
+        .options(joinedload(Device.org))
     )
     if device is None or device.registered_at is None:
         raise Unauthorized(

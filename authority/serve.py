@@ -7,28 +7,40 @@ needs no restart: new connections present the new certificate at once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import logging.handlers
+import os
+import signal
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from authority.app import Limits, create_app
 from authority.datadir import DataDir
+from authority.db import Database, create_schema
 from authority.errors import InvalidInput, Unavailable
 from authority.tls import CertificateStore
 
 log = logging.getLogger("authority")
 RELOAD_CHECK_SECONDS = 2.0
+# A worker that exits this soon after its start would only exit again: stop instead.
+CRASH_LOOP_SECONDS = 5.0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on connections of a
+    # socket that says it is TCP. Without it every answer written in two pieces (headers,
+    # then body) waited for the client's delayed ACK: 40 ms a request on Linux.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -111,14 +123,47 @@ class CertificateReloader(threading.Thread):
                 log.warning("TLS certificate reload deferred: %s", exc)
 
 
-def serve(data: DataDir, host: str, port: int, max_concurrency: int, retry_after: int) -> None:
+def serve(
+    data: DataDir,
+    host: str,
+    port: int,
+    max_concurrency: int,
+    retry_after: int,
+    *,
+    workers: int = 1,
+) -> None:
     limits = Limits(max_concurrency, retry_after)
     data.require_initialised()
+    if workers > 1 and not hasattr(os, "fork"):
+        raise InvalidInput("--workers above 1 needs a system with fork (Linux, macOS)")
     setup_logging(data)
-    store = CertificateStore(data)
-    store.current()
-    app = create_app(data, limits)
+    CertificateStore(data).current()
+    if workers == 1:
+        app = create_app(data, limits)
+        sock = bind_socket(host, port)
+        try:
+            _serve_process(app, data, sock, host, limits)
+        finally:
+            sock.close()
+        return
+    # The schema once, before any fork: workers creating missing tables at once would race.
+    db = Database(data.database_url)
+    try:
+        create_schema(db.engine)
+    finally:
+        db.close()
     sock = bind_socket(host, port)
+    try:
+        Workers(data, sock, host, worker_limits(limits, workers), workers).run()
+    finally:
+        sock.close()
+
+
+def _serve_process(
+    app: FastAPI, data: DataDir, sock: socket.socket, host: str, limits: Limits
+) -> None:
+    """One serving process: uvicorn with `app` on `sock`, and its certificate watcher."""
+    store = CertificateStore(data)
     config = uvicorn.Config(
         app,
         ssl_certfile=str(store.cert_path("current")),
@@ -145,8 +190,95 @@ def serve(data: DataDir, host: str, port: int, max_concurrency: int, retry_after
         server.run(sockets=[sock])
     finally:
         reloader.stopped.set()
-        sock.close()
         app.state.db.close()
 
 
-__all__ = ["bind_socket", "serve", "setup_logging"]
+def worker_limits(limits: Limits, workers: int) -> Limits:
+    """Each worker's share of --max-concurrency, so the server's total stays within it."""
+    return Limits(max(1, limits.max_concurrency // workers), limits.retry_after)
+
+
+class Workers:
+    """`serve --workers N`: N serving processes forked over one listening socket.
+
+    Python runs one request's code at a time per process, so one process uses one core;
+    a mass install needs more. Each worker has its own app, database connections (SQLite in
+    WAL mode takes writers from several processes), certificate watcher and share of the
+    in-flight limit. The parent only starts them, replaces one that dies, and passes a
+    stop on: SIGTERM or SIGINT stops every worker gracefully, as one process would stop.
+    """
+
+    def __init__(
+        self, data: DataDir, sock: socket.socket, host: str, limits: Limits, count: int
+    ) -> None:
+        self.data = data
+        self.sock = sock
+        self.host = host
+        self.limits = limits
+        self.count = count
+        self.children: dict[int, int] = {}  # pid -> worker number
+        self.started: dict[int, float] = {}  # worker number -> when
+        self.stopping = False
+        self.failed = False
+
+    def run(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        log.info("starting %d workers on port %d", self.count, self.sock.getsockname()[1])
+        for first in range(self.count):
+            self._start(first)
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            if pid not in self.children:
+                continue
+            number = self.children.pop(pid)
+            if self.stopping:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if time.monotonic() - self.started[number] < CRASH_LOOP_SECONDS:
+                log.error("worker %d exited (%d) as it started; stopping the server", number, code)
+                self.failed = True
+                self._stop_all()
+                continue
+            log.error("worker %d (pid %d) exited (%d); starting another", number, pid, code)
+            self._start(number)
+        if self.failed:
+            raise Unavailable("a server worker could not start; see authority.log")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        # SIGTERM, whatever arrived: a worker already told by the terminal's SIGINT takes a
+        # second SIGINT as "stop now", a second SIGTERM as the same graceful stop.
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def _start(self, number: int) -> None:
+        pid = os.fork()
+        if pid:
+            self.children[pid] = number
+            self.started[number] = time.monotonic()
+            return
+        code = 0
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            setup_logging(self.data)
+            log.info("worker %d started (pid %d)", number, os.getpid())
+            app = create_app(self.data, self.limits)
+            _serve_process(app, self.data, self.sock, self.host, self.limits)
+        except BaseException:
+            log.exception("worker %d failed", number)
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+
+__all__ = ["Workers", "bind_socket", "serve", "setup_logging", "worker_limits"]

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,9 @@ class CertificateStore:
 
     def __init__(self, data: DataDir) -> None:
         self.folder = data.tls
+        # Parsed certificates by file identity: every policy answer carries the pins, and
+        # parsing the PEM for each of them cost more than the rest of a check-in.
+        self._parsed: dict[Path, tuple[tuple[int, int, int], Fingerprints]] = {}
 
     def cert_path(self, role: str) -> Path:
         return self.folder / f"{role}.crt"
@@ -112,9 +116,20 @@ class CertificateStore:
 
     def fingerprints(self, role: str) -> Fingerprints | None:
         path = self.cert_path(role)
-        if not path.is_file():
+        try:
+            info = path.stat()
+        except FileNotFoundError:
             return None
-        return Fingerprints.of_pem(path.read_bytes())
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        # A rollover replaces the file (a new inode), so a changed file is never missed.
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        known = self._parsed.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        found = Fingerprints.of_pem(path.read_bytes())
+        self._parsed[path] = (stamp, found)
+        return found
 
     def current(self) -> Fingerprints:
         found = self.fingerprints("current")

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,18 @@ class Holdfast:
                 time.sleep(0.2)
         raise RuntimeError("the authority did not answer within 60 s")
 
-    def start_agent(self) -> None:
-        """Start the agent and wait for its first (automatic) backup of the home."""
+    def start_agent(self, settings: Mapping[str, Any] | None = None) -> None:
+        """Start the agent (`settings`: more agent.yaml keys) and wait for a first backup."""
         conf = self.agent_home / "conf"
         conf.mkdir(parents=True, exist_ok=True)
         machine_id = self.agent_home / "machine-id"
-        machine_id.write_text(os.urandom(16).hex() + "\n")
-        settings = {"backup_interval_seconds": WEEK, "machine_id_file": str(machine_id)}
+        if not machine_id.exists():  # a restart keeps the device's hardware binding
+            machine_id.write_text(os.urandom(16).hex() + "\n")
+        settings = {
+            "backup_interval_seconds": WEEK,
+            "machine_id_file": str(machine_id),
+            **(settings or {}),
+        }
         (conf / "agent.yaml").write_text(yaml.safe_dump(settings))
         with (self.root / "agent.out").open("ab") as out:
             self.agent = subprocess.Popen(

@@ -236,6 +236,7 @@ def register_device(
         outcome=REGISTERED_UNMAPPED if answer.warning else REGISTERED,
         message=f"registered{again} to user {answer.username!r}"
         + (f"; {answer.warning}" if answer.warning else ""),
+        org_name=answer.org,
     )
     return answer
 
@@ -266,6 +267,7 @@ def device_policy(
                 phase=report.phase,
                 last_error=report.last_error,
             ),
+            device=device,
         )
         return agent_document(device.org, device.org.policy, body.os, pins)
 
@@ -345,7 +347,11 @@ def sign_in_device(
     except AuthorityError as exc:
         record(outcome=exc.code, message=exc.message)
         raise
-    record(outcome=REGISTERED, message=f"registered by sign-in to user {answer.username!r}")
+    record(
+        outcome=REGISTERED,
+        message=f"registered by sign-in to user {answer.username!r}",
+        org_name=answer.org,
+    )
     return answer
 
 

@@ -366,7 +366,7 @@ class KeyEscrowed(BaseModel):
 def _check_key(value: str) -> str:
     try:
         raw = base64.b64decode(value, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character outside ASCII
         raw = b""
     if len(raw) != KEY_BYTES:
         raise InvalidInput(f"the key must be base64 of {KEY_BYTES} bytes", code="invalid_key")

@@ -540,7 +540,13 @@ def test_device_phase_is_fixed_per_device_and_within_the_unit_interval() -> None
 
 
 def test_the_wait_is_never_under_a_second() -> None:
-    assert jittered(0.1, Env(timings=Timings(jitter=0.5), draw=0.0)) == 1.0
+    assert jittered(1.5, Env(timings=Timings(jitter=0.5), draw=0.0)) == 1.0
+
+
+def test_a_sub_second_base_from_agent_yaml_is_waited_never_shortened_by_the_jitter() -> None:
+    # agent.yaml may set policy_retry_seconds to 0.1 (soak runs): 0.1 s, not a second.
+    assert jittered(0.1, Env(timings=Timings(jitter=0.5), draw=0.0)) == 0.1
+    assert jittered(0.1, Env(timings=Timings(jitter=0.5), draw=0.99)) == 0.1 * (1 + 0.5 * 0.98)
 
 
 UNIT = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)
