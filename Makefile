@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PACKAGE_STAMP := $(VENV)/.package-stamp
 
-.PHONY: demo demo-serve test lint typecheck unit clean bench package soak
+.PHONY: demo demo-serve test lint typecheck unit clean bench package soak fleet
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ package: $(PACKAGE_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/backup_vs_restic.py
+
+# 10,000 simulated devices against a real authority, then a 30-minute outage (docs/performance.md).
+fleet: $(STAMP)
+	$(BIN)/python -m benchmarks.fleet_storm
 
 # Hours, not minutes: 500 seeded kill -9 iterations (HOLDFAST_SOAK_ITERATIONS to change it),
 # then the long footprint run (20,000 policy retries, 3,000 backups; benchmarks/soak.py).

@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -160,6 +161,21 @@ def create_app(data: DataDir, limits: Limits | None = None) -> FastAPI:
             headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse(
             error_body(exc.code, exc.message, _request_id(request)), exc.status, headers=headers
+        )
+
+    @app.exception_handler(OperationalError)
+    async def on_database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+        # Routes map it through run_in_transaction; the chunk store's own transactions
+        # (packs, chunks) reach here. A database locked past its busy timeout is transient.
+        log.warning("rid=%s database unavailable: %s", _request_id(request), exc.orig)
+        return JSONResponse(
+            error_body(
+                "database_busy",
+                "the authority's database is busy; retry later",
+                _request_id(request),
+            ),
+            503,
+            headers={"Retry-After": str(limits.retry_after)},
         )
 
     @app.exception_handler(RequestValidationError)

@@ -172,9 +172,12 @@ def fetch_policy(
 
     def work(session: Session) -> dict[str, Any]:
         policy = policy_for_token(session, x_deployment_token)
+        # Everything read before the report's write: SQLite's write lock is then held only
+        # from that write to the commit, which a storm of installs queues behind.
+        document = agent_document(policy.org, policy, body.os, pins)
         if body.device_guid:
             record_report(session, policy.org, _report(body, body.os))
-        return agent_document(policy.org, policy, body.os, pins)
+        return document
 
     return run_in_transaction(request, work)
 
@@ -255,6 +258,7 @@ def device_policy(
     def work(session: Session) -> dict[str, Any]:
         device = device_for_credential(session, credential)
         require_active(device.org)
+        document = agent_document(device.org, device.org.policy, body.os, pins)  # reads first
         report = _report(body, body.os)
         record_report(
             session,
@@ -269,7 +273,7 @@ def device_policy(
             ),
             device=device,
         )
-        return agent_document(device.org, device.org.policy, body.os, pins)
+        return document
 
     return run_in_transaction(request, work)
 

@@ -6,19 +6,23 @@ import asyncio
 import datetime as dt
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from agent.errors import ContactError
 from agent.transport import AuthorityClient
 from authority import users
-from authority.app import Limits
+from authority.admin import init_data
+from authority.app import Limits, create_app
 from authority.datadir import DataDir
 from authority.db import Database
 from authority.errors import Forbidden
@@ -159,3 +163,31 @@ def test_serve_with_workers_answers_from_each_and_stops_them_all_on_sigterm(
     assert code == 0
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
     assert (tmp_path / "serve.out").read_text().count("serving https://127.0.0.1") == 2
+
+
+def test_a_database_locked_in_the_chunk_store_is_database_busy_not_an_internal_error(
+    tmp_path: Path,
+) -> None:
+    # The store's transactions are its own: a lock that outlasts the busy timeout there
+    # reached the last-resort guard as internal_error in a 10,000-device storm.
+    data = DataDir(tmp_path / "authority")
+    init_data(data, "127.0.0.1", 4285)
+    app = create_app(data, Limits(retry_after=42))
+
+    def locked() -> None:
+        raise OperationalError("INSERT INTO chunks ...", {}, sqlite3.OperationalError("locked"))
+
+    app.add_api_route("/locked", locked)
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/locked")
+
+    try:
+        response = asyncio.run(get())
+    finally:
+        app.state.db.close()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "42"
+    assert response.json()["error"]["code"] == "database_busy"
