@@ -59,19 +59,15 @@ class ChunkStore(Protocol):
 
     def missing(self, archive: str, ids: Sequence[str]) -> list[str]:
         """The ids not stored in `archive`, in the order given, each once."""
-        ...
 
     def has(self, archive: str, chunk_id: str) -> bool:
         """Whether the blob is stored in `archive`."""
-        ...
 
     def put_pack(self, archive: str, pack_id: str, data: bytes, index: Sequence[IndexEntry]) -> int:
         """Store a pack and index its blobs; the number of blobs its index lists."""
-        ...
 
     def get_blob(self, archive: str, chunk_id: str) -> bytes:
         """The blob's bytes, exactly as uploaded; NotFound (`chunk_not_found`) if absent."""
-        ...
 
     def get_blobs(
         self, archive: str, ids: Sequence[str], max_bytes: int
@@ -81,11 +77,9 @@ class ChunkStore(Protocol):
         The answer is a prefix: it stops before its blobs pass `max_bytes` in total, but
         always holds the first id's; the caller asks again for the rest.
         """
-        ...
 
     def usage(self, archive: str) -> int:
         """The bytes the archive's packs occupy (each pack counted once)."""
-        ...
 
 
 def check_archive(archive: str) -> str:
