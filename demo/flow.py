@@ -26,7 +26,7 @@ import httpx
 from agent.pinning import pinned_context
 
 DEMO_USER = "demo.user@example.com"
-FIXED_USER_SCRIPT = Path(__file__).resolve().parent.parent / "detection_scripts/linux/fixed_user.sh"
+FIXED_USER_SCRIPT = Path(__file__).resolve().parent.parent / "authority/detection_scripts/linux/fixed_user.sh"
 
 
 def step(title: str) -> None:

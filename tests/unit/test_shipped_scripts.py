@@ -15,7 +15,7 @@ owners the test chose (the folders really belong to whoever runs the tests) and 
 modification times, which the test sets.
 
 The Windows scripts cannot run here: their content is checked, and
-detection_scripts/windows/MANUAL-CHECK.md describes the check on a Windows machine.
+authority/detection_scripts/windows/MANUAL-CHECK.md describes the check on a Windows machine.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import pytest
 from agent.detection import DetectionScript, detect, parse_output
 from authority.scripts import interpreter_for, load_script
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "detection_scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "authority" / "detection_scripts"
 OPERATING_SYSTEMS = ("linux", "macos", "windows")
 SHIPPED = sorted(
     path
