@@ -6,6 +6,7 @@ Exit codes: 0 success; 2 bad usage or input; 4 refused; 1 any other failure.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import socket
@@ -15,11 +16,23 @@ from typing import Any
 
 from authority import __version__
 from authority.admin import Admin, init_data
+from authority.console.accounts import (
+    ROLES,
+    check_new_name,
+    create_account,
+    delete_account,
+    find_account,
+    list_accounts,
+    set_password,
+    unlock,
+)
 from authority.datadir import DEFAULT_PORT, ENV_DATA, DataDir
+from authority.db import utcnow
 from authority.errors import AuthorityError, InvalidInput
 from authority.orgs import AUTH_METHODS, DEFAULT_LDAP_FILTER, LdapSettings
 from authority.user_admin import user_create
 from authority.views import (
+    format_admin_accounts,
     format_attempts,
     format_devices,
     format_orgs,
@@ -62,7 +75,15 @@ def _serve(admin: Admin, args: argparse.Namespace) -> None:
     from authority.serve import serve  # uvicorn is only needed here
 
     port = args.port or admin.config.port
-    serve(admin.data, args.host, port, args.max_concurrency, args.retry_after, workers=args.workers)
+    serve(
+        admin.data,
+        args.host,
+        port,
+        args.max_concurrency,
+        args.retry_after,
+        workers=args.workers,
+        threads=args.threads,
+    )
 
 
 def _absolute(text: str) -> str:
@@ -98,6 +119,78 @@ def _org_create(admin: Admin, args: argparse.Namespace) -> None:
     print(admin.org_create(args.name, args.auth, args.parent, ldap))
 
 
+# Console administrators (authority/console/accounts.py)
+
+
+def _read_new_password(name: str) -> str:
+    """A new password, typed twice: without echo on a terminal, else two lines of stdin.
+
+    Nothing is written until both are read and equal, so a mistyped or missing one leaves
+    everything as it was.
+    """
+    stream = sys.stdin
+    if stream is not None and stream.isatty():
+        try:
+            first = getpass.getpass(f"Password for {name}: ")
+            second = getpass.getpass("Again: ")
+        except EOFError:
+            raise InvalidInput("no password was typed; nothing was changed") from None
+    else:
+        lines = [stream.readline(), stream.readline()] if stream is not None else ["", ""]
+        if not all(lines):
+            raise InvalidInput(
+                "expected the password twice, as two lines on standard input; nothing was changed"
+            )
+        first, second = (line.removesuffix("\n").removesuffix("\r") for line in lines)
+    if not first:
+        raise InvalidInput("the password is empty; nothing was changed")
+    if first != second:
+        raise InvalidInput("the two passwords differ; nothing was changed")
+    return first
+
+
+def _admin_create(admin: Admin, args: argparse.Namespace) -> None:
+    with admin.db.transaction() as s:
+        check_new_name(s, args.name)  # before asking for a password that could not be used
+    password = _read_new_password(args.name)
+    with admin.db.transaction() as s:
+        account = create_account(s, args.name, password, args.role, now=utcnow())
+        name, role = account.name, account.role
+    print(
+        f"Created console administrator {name!r} ({role} role). "
+        f"Sign in at {admin.config.deployment_url}/"
+    )
+
+
+def _admin_password(admin: Admin, args: argparse.Namespace) -> None:
+    with admin.db.transaction() as s:
+        name = find_account(s, args.name).name
+    password = _read_new_password(name)
+    with admin.db.transaction() as s:
+        set_password(s, name, password)
+    print(f"Changed the password of console administrator {name!r}; its sessions were ended.")
+
+
+def _admin_list(admin: Admin, args: argparse.Namespace) -> None:
+    with admin.db.transaction() as s:
+        accounts = list_accounts(s, now=utcnow())
+    _emit(args, accounts, format_admin_accounts)
+
+
+def _admin_unlock(admin: Admin, args: argparse.Namespace) -> None:
+    with admin.db.transaction() as s:
+        name = find_account(s, args.name).name
+        unlock(s, name)
+    print(f"Unlocked console administrator {name!r}: it can sign in again.")
+
+
+def _admin_delete(admin: Admin, args: argparse.Namespace) -> None:
+    with admin.db.transaction() as s:
+        name = find_account(s, args.name).name
+        delete_account(s, name)
+    print(f"Deleted console administrator {name!r}; its sessions were ended.")
+
+
 HANDLERS: dict[str, Handler] = {
     "serve": _serve,
     "tls renew": lambda adm, a: print(adm.tls_renew()),
@@ -118,6 +211,11 @@ HANDLERS: dict[str, Handler] = {
     "device attempts": lambda adm, a: _emit(
         a, adm.device_attempts(a.org, a.device, a.limit), format_attempts
     ),
+    "admin create": _admin_create,
+    "admin list": _admin_list,
+    "admin password": _admin_password,
+    "admin unlock": _admin_unlock,
+    "admin delete": _admin_delete,
 }
 
 
@@ -163,6 +261,12 @@ def _add_server_commands(b: _Builder, sub: Any) -> None:
         type=_positive,
         default=1,
         help="serving processes (default 1; each takes its share of --max-concurrency)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        default=8,
+        help="request threads per serving process (default 8; more only take turns)",
     )
     tls = sub.add_parser("tls", help="certificate rollover").add_subparsers(
         required=True, metavar="ACTION"
@@ -257,6 +361,27 @@ def _add_people_commands(b: _Builder, sub: Any) -> None:
     p.add_argument("--limit", type=_positive, default=50, help="at most N (default 50)")
 
 
+def _add_console_commands(b: _Builder, sub: Any) -> None:
+    adm = sub.add_parser("admin", help="web console administrators").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    p = b.add(adm, "create", "admin create", "create an administrator; the password is asked twice")
+    p.add_argument("name")
+    p.add_argument(
+        "--role",
+        choices=ROLES,
+        default="deploy",
+        help="deploy (changes anything; the default) or read-only (sees everything)",
+    )
+    b.add(adm, "list", "admin list", "list administrators", json_out=True)
+    p = b.add(adm, "password", "admin password", "a new password, asked twice; ends its sessions")
+    p.add_argument("name")
+    p = b.add(adm, "unlock", "admin unlock", "end the lockout after failed sign-ins")
+    p.add_argument("name")
+    p = b.add(adm, "delete", "admin delete", "delete an administrator and end its sessions")
+    p.add_argument("name")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="holdfast-authority", description="Holdfast's reference authority server."
@@ -269,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_org_commands(builder, sub)
     _add_policy_commands(builder, sub)
     _add_people_commands(builder, sub)
+    _add_console_commands(builder, sub)
     return parser
 
 

@@ -379,3 +379,40 @@ class DeviceKey(Base):
 
 
 __all__ += ["DeviceKey", "Snapshot", "StoredChunk", "StoredPack"]
+
+
+# Appended after the rest: the web console's administrators and their sessions
+# (authority/console/accounts.py).
+
+
+class AdminAccount(Base):
+    """A console administrator: a name, a role, an scrypt password hash and its lockout."""
+
+    __tablename__ = "admin_accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    # The casefolded name, unique: `Alice` and `alice` are one account.
+    name_key: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # deploy | read-only
+    password_hash: Mapped[str] = mapped_column(String(256))
+    # Failed sign-ins in a row; reaching the limit sets `locked_until` and starts again at 0.
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_sign_in_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class ConsoleSession(Base):
+    """A signed-in browser: the SHA-256 of its cookie (never the cookie) and its CSRF token."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("admin_accounts.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+__all__ += ["AdminAccount", "ConsoleSession"]

@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import anyio.to_thread
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from authority.app import Limits, create_app
 from authority.datadir import DataDir
@@ -33,6 +35,30 @@ log = logging.getLogger("authority")
 RELOAD_CHECK_SECONDS = 2.0
 # A worker that exits this soon after its start would only exit again: stop instead.
 CRASH_LOOP_SECONDS = 5.0
+# Request threads per serving process (`serve --threads`). Requests' code holds the GIL
+# for most of its time, so more threads than this only take turns at it: with anyio's 40,
+# a mass install cost the authority 22 ms of CPU a device; with 8, 14 ms, and answers came
+# faster too (benchmarks/fleet_storm.py, docs/performance.md).
+DEFAULT_THREADS = 8
+
+
+class ThreadLimit:
+    """The application, with at most `threads` requests' code running at once in threads.
+
+    The limit belongs to the event loop (anyio keeps one per loop), so it is set from
+    inside it, on the first event uvicorn delivers (the lifespan startup).
+    """
+
+    def __init__(self, app: ASGIApp, threads: int) -> None:
+        self.app = app
+        self.threads = threads
+        self.applied = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.applied:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = self.threads
+            self.applied = True
+        await self.app(scope, receive, send)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -131,6 +157,7 @@ def serve(
     retry_after: int,
     *,
     workers: int = 1,
+    threads: int = DEFAULT_THREADS,
 ) -> None:
     limits = Limits(max_concurrency, retry_after)
     data.require_initialised()
@@ -142,7 +169,7 @@ def serve(
         app = create_app(data, limits)
         sock = bind_socket(host, port)
         try:
-            _serve_process(app, data, sock, host, limits)
+            _serve_process(app, data, sock, host, limits, threads=threads)
         finally:
             sock.close()
         return
@@ -154,18 +181,18 @@ def serve(
         db.close()
     sock = bind_socket(host, port)
     try:
-        Workers(data, sock, host, worker_limits(limits, workers), workers).run()
+        Workers(data, sock, host, worker_limits(limits, workers), workers, threads=threads).run()
     finally:
         sock.close()
 
 
 def _serve_process(
-    app: FastAPI, data: DataDir, sock: socket.socket, host: str, limits: Limits
+    app: FastAPI, data: DataDir, sock: socket.socket, host: str, limits: Limits, *, threads: int
 ) -> None:
     """One serving process: uvicorn with `app` on `sock`, and its certificate watcher."""
     store = CertificateStore(data)
     config = uvicorn.Config(
-        app,
+        ThreadLimit(app, threads),
         ssl_certfile=str(store.cert_path("current")),
         ssl_keyfile=str(store.key_path("current")),
         log_config=None,
@@ -179,12 +206,13 @@ def _serve_process(
     reloader.start()
     fp = store.current()
     log.info(
-        "serving https://%s:%d, certificate sha1=%s max_concurrency=%d retry_after=%d",
+        "serving https://%s:%d, certificate sha1=%s max_concurrency=%d retry_after=%d threads=%d",
         host,
         sock.getsockname()[1],
         fp.sha1,
         limits.max_concurrency,
         limits.retry_after,
+        threads,
     )
     try:
         server.run(sockets=[sock])
@@ -209,9 +237,17 @@ class Workers:
     """
 
     def __init__(
-        self, data: DataDir, sock: socket.socket, host: str, limits: Limits, count: int
+        self,
+        data: DataDir,
+        sock: socket.socket,
+        host: str,
+        limits: Limits,
+        count: int,
+        *,
+        threads: int = DEFAULT_THREADS,
     ) -> None:
         self.data = data
+        self.threads = threads
         self.sock = sock
         self.host = host
         self.limits = limits
@@ -272,7 +308,7 @@ class Workers:
             setup_logging(self.data)
             log.info("worker %d started (pid %d)", number, os.getpid())
             app = create_app(self.data, self.limits)
-            _serve_process(app, self.data, self.sock, self.host, self.limits)
+            _serve_process(app, self.data, self.sock, self.host, self.limits, threads=self.threads)
         except BaseException:
             log.exception("worker %d failed", number)
             code = 1
@@ -281,4 +317,12 @@ class Workers:
             os._exit(code)
 
 
-__all__ = ["Workers", "bind_socket", "serve", "setup_logging", "worker_limits"]
+__all__ = [
+    "DEFAULT_THREADS",
+    "ThreadLimit",
+    "Workers",
+    "bind_socket",
+    "serve",
+    "setup_logging",
+    "worker_limits",
+]

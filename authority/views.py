@@ -137,7 +137,25 @@ def format_attempts(attempts: list[dict[str, Any]]) -> str:
     return _table(rows, header) or "No registration attempts."
 
 
+def format_admin_accounts(accounts: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            a["name"],
+            a["role"],
+            _when(a["created_at"]),
+            _when(a["last_sign_in_at"]) if a["last_sign_in_at"] else "never",
+            f"locked until {_when(a['locked_until'])} UTC" if a["locked_until"] else "-",
+        ]
+        for a in accounts
+    ]
+    header = ["NAME", "ROLE", "CREATED", "LAST SIGN-IN", "LOCK"]
+    return _table(rows, header) or (
+        "No console administrators (holdfast-authority admin create NAME makes one)."
+    )
+
+
 __all__ = [
+    "format_admin_accounts",
     "format_attempts",
     "format_devices",
     "format_orgs",

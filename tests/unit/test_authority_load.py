@@ -9,14 +9,18 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
+import anyio.to_thread
 import httpx
 import psutil
 import pytest
 from sqlalchemy.exc import OperationalError
+from starlette.types import Receive, Scope, Send
 
 from agent.errors import ContactError
 from agent.transport import AuthorityClient
@@ -28,7 +32,7 @@ from authority.db import Database
 from authority.errors import Forbidden
 from authority.policies import policy_for_token
 from authority.registration import DeviceReport, RegistrationRequest, register
-from authority.serve import bind_socket, worker_limits
+from authority.serve import ThreadLimit, bind_socket, worker_limits
 from authority.sign_in import SignInRequest, sign_in
 from authority.tls import CertificateStore, Fingerprints
 from authority.users import list_users, user_summary
@@ -127,6 +131,33 @@ def test_workers_share_the_in_flight_limit_so_the_server_total_stays_within_it()
     assert worker_limits(Limits(1, 60), 4) == Limits(1, 60)
 
 
+def test_requests_code_runs_in_at_most_the_given_threads_at_once() -> None:
+    running = peak = 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await anyio.to_thread.run_sync(work)
+
+    limited = ThreadLimit(app, 3)
+
+    async def requests() -> None:
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                group.start_soon(limited, {"type": "http"}, None, None)
+
+    anyio.run(requests)
+    assert peak == 3
+
+
 @pytest.mark.integration
 def test_serve_with_workers_answers_from_each_and_stops_them_all_on_sigterm(
     tmp_path: Path,
@@ -139,7 +170,7 @@ def test_serve_with_workers_answers_from_each_and_stops_them_all_on_sigterm(
         server = subprocess.Popen(
             [
                 *(sys.executable, "-m", "authority", "serve", "--data", str(data)),
-                *("--host", "127.0.0.1", "--workers", "2"),
+                *("--host", "127.0.0.1", "--workers", "2", "--threads", "3"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -162,7 +193,9 @@ def test_serve_with_workers_answers_from_each_and_stops_them_all_on_sigterm(
         code = server.wait(timeout=30)
     assert code == 0
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
-    assert (tmp_path / "serve.out").read_text().count("serving https://127.0.0.1") == 2
+    served = (tmp_path / "serve.out").read_text()
+    assert served.count("serving https://127.0.0.1") == 2
+    assert served.count("threads=3") == 2
 
 
 def test_a_database_locked_in_the_chunk_store_is_database_busy_not_an_internal_error(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import random
+import statistics
 from dataclasses import replace
 from typing import Any
 
@@ -546,7 +548,25 @@ def test_the_wait_is_never_under_a_second() -> None:
 def test_a_sub_second_base_from_agent_yaml_is_waited_never_shortened_by_the_jitter() -> None:
     # agent.yaml may set policy_retry_seconds to 0.1 (soak runs): 0.1 s, not a second.
     assert jittered(0.1, Env(timings=Timings(jitter=0.5), draw=0.0)) == 0.1
-    assert jittered(0.1, Env(timings=Timings(jitter=0.5), draw=0.99)) == 0.1 * (1 + 0.5 * 0.98)
+    env = Env(timings=Timings(jitter=0.5), draw=0.99, device_phase=0.99)
+    assert jittered(0.1, env) == pytest.approx(0.1 * (1 + 0.5 * 0.98))
+
+
+def test_a_fleet_failing_together_drifts_apart_with_every_retry() -> None:
+    # Each device retries mostly at its own rate, so a fleet that failed at the same moment
+    # spreads linearly with the retries; fresh draws alone would spread it as a random walk
+    # (by sqrt(6) = 2.4 after six retries, where the devices' own rates give about six).
+    draws = random.Random(7)
+    timings = Timings(policy_retry=300.0, jitter=0.1)
+    guids = [f"0b7e4b56-4f0e-4d7c-9a55-{n:012d}" for n in range(2000)]
+    elapsed = dict.fromkeys(guids, 0.0)
+    spread = []
+    for _ in range(6):
+        for guid in guids:
+            env = Env(timings=timings, draw=draws.random(), device_phase=device_phase(guid))
+            elapsed[guid] += jittered(300.0, env)
+        spread.append(statistics.pstdev(elapsed.values()))
+    assert spread[5] > 5.0 * spread[0]
 
 
 UNIT = st.floats(min_value=0.0, max_value=1.0, exclude_max=True)

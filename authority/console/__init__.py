@@ -1,0 +1,1 @@
+"""The web administration console: its accounts and sessions, pages, templates and assets."""
