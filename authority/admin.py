@@ -5,10 +5,17 @@ Each operation runs in one transaction: it changes everything it says, or nothin
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import ipaddress
+import os
 import re
 import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -16,8 +23,10 @@ from sqlalchemy import select
 from authority.attempts import attempt_summary, device_rows, list_attempts
 from authority.datadir import DataDir, ServerConfig, write_atomic
 from authority.db import Database, Device, create_schema
+from authority.directory import Directory
 from authority.errors import InvalidInput
 from authority.orgs import (
+    LdapSecrets,
     LdapSettings,
     create_org,
     deactivate_org,
@@ -32,7 +41,7 @@ from authority.policies import (
     rotate_token,
     set_settings,
 )
-from authority.scripts import load_script
+from authority.scripts import ScriptFile, load_script
 from authority.tls import CertificateStore
 from authority.users import list_users, reset_password, user_summary
 from authority.views import json_value
@@ -95,10 +104,15 @@ def init_data(data: DataDir, host: str, port: int) -> str:
 class Admin:
     """The administrator's operations over one initialised data folder."""
 
-    def __init__(self, data: DataDir) -> None:
+    def __init__(self, data: DataDir, db: Database | None = None) -> None:
+        """`db`: the server's own database (the console), left open by close(); by default
+        the operations open one over the data folder and close it with themselves."""
         data.require_initialised()
         self.data = data
         self.certs = CertificateStore(data)
+        self._owns_db = db is None
+        if db is not None:
+            self.__dict__["db"] = db  # what the cached property would hold
 
     def __enter__(self) -> Admin:
         return self
@@ -107,7 +121,7 @@ class Admin:
         self.close()
 
     def close(self) -> None:
-        if "db" in self.__dict__:
+        if self._owns_db and "db" in self.__dict__:
             self.db.close()
 
     @cached_property
@@ -150,11 +164,68 @@ class Admin:
     # Organizations
 
     def org_create(
-        self, name: str, auth: str, parent: str | None, ldap: LdapSettings | None
+        self,
+        name: str,
+        auth: str,
+        parent: str | None,
+        ldap: LdapSettings | None,
+        ldap_secrets: LdapSecrets | None = None,
     ) -> str:
-        with self.db.transaction() as s:
-            org = create_org(s, name, auth, parent=parent, ldap=ldap)
+        """`ldap_secrets`: the bind password and CA certificates as text (the console),
+        which the authority keeps in DATA/ldap/ and names in the settings as the CLI's files."""
+        if ldap is None or ldap_secrets is None:
+            with self.db.transaction() as s:
+                org = create_org(s, name, auth, parent=parent, ldap=ldap)
+                return f"Created organization {org.name!r} ({org.auth} authentication)"
+        with self._staged_ldap(ldap, ldap_secrets) as staged, self.db.transaction() as s:
+            org = create_org(s, name, auth, parent=parent, ldap=staged)
+            # Every rule passed: the staged files take their lasting names.
+            org.ldap = self._keep_ldap_files(org.name, staged).as_dict()
             return f"Created organization {org.name!r} ({org.auth} authentication)"
+
+    def org_test_ldap(self, ldap: LdapSettings, ldap_secrets: LdapSecrets) -> str:
+        """Bind and search once with these settings, before any organization has them."""
+        with self._staged_ldap(ldap, ldap_secrets) as staged:
+            staged.validate()
+            return Directory(staged.as_dict(), for_administrator=True).check_connection()
+
+    @contextmanager
+    def _staged_ldap(self, ldap: LdapSettings, given: LdapSecrets) -> Iterator[LdapSettings]:
+        """`ldap` with the secrets written to files of a private temporary folder."""
+        folder = self.data.root / "ldap"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".staged-") as tmp:
+            files: dict[str, Any] = {}
+            if given.bind_password:
+                path = Path(tmp) / "bind.password"
+                write_atomic(path, given.bind_password.encode("utf-8"), mode=0o600)
+                files["bind_password_file"] = str(path)
+            if given.ca_pem and given.ca_pem.strip():
+                path = Path(tmp) / "ca.pem"
+                write_atomic(path, given.ca_pem.encode("utf-8"), mode=0o600)
+                files["ca_file"] = str(path)
+            try:
+                yield dataclasses.replace(ldap, **files)
+            except InvalidInput as exc:
+                # A staged file's name means nothing to whoever pasted its content.
+                message = exc.message
+                for path_text in files.values():
+                    message = message.replace(f" {path_text}", " (pasted)")
+                raise InvalidInput(message, code=exc.code) from None
+
+    def _keep_ldap_files(self, org_name: str, staged: LdapSettings) -> LdapSettings:
+        folder = self.data.root / "ldap"
+        # Readable, and unique by the exact name (names may hold any printable character).
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", org_name)[:48].strip("._") or "org"
+        stem = f"{slug}-{hashlib.sha256(org_name.encode()).hexdigest()[:8]}"
+        kept: dict[str, Any] = {}
+        for key, suffix in (("bind_password_file", ".password"), ("ca_file", ".ca.pem")):
+            staged_path = getattr(staged, key)
+            if staged_path and Path(staged_path).parent.parent == folder:
+                final = folder / f"{stem}{suffix}"
+                os.replace(staged_path, final)
+                kept[key] = str(final)
+        return dataclasses.replace(staged, **kept)
 
     def org_list(self) -> list[dict[str, Any]]:
         with self.db.transaction() as s:
@@ -176,6 +247,10 @@ class Admin:
         scripts = [
             load_script(spec) for spec in script_specs
         ]  # every file checked before any write
+        return self.policy_create_with(org, manual, scripts)
+
+    def policy_create_with(self, org: str, manual: bool, scripts: list[ScriptFile]) -> str:
+        """`policy_create` with scripts already read and checked (the console's editor)."""
         with self.db.transaction() as s:
             policy = create_policy(s, org, manual=manual, scripts=scripts)
             token = policy.token
@@ -221,10 +296,14 @@ class Admin:
             return [user_summary(s, u) for u in list_users(s, org)]
 
     def user_reset_password(self, name: str, org: str | None) -> str:
+        who, password = self.user_new_password(name, org)
+        return f"New password for {who}: {password}\nIt is shown only now; pass it on securely."
+
+    def user_new_password(self, name: str, org: str | None) -> tuple[str, str]:
+        """Reset the user's password: (who, in words; the new password, to show once)."""
         with self.db.transaction() as s:
             user, password = reset_password(s, name, org)
-            who = f"{user.username} ({user.org.name})"
-        return f"New password for {who}: {password}\nIt is shown only now; pass it on securely."
+            return f"{user.username} ({user.org.name})", password
 
     def device_list(self, org: str | None, pending: bool) -> list[dict[str, Any]]:
         with self.db.transaction() as s:

@@ -17,14 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authority import __version__
+from authority.admin import Admin
 from authority.api import admin_routes, agent_routes, backup_routes
+from authority.console import pages as console_pages
 from authority.datadir import DataDir
 from authority.db import Database, create_schema
 from authority.errors import AuthorityError, TooManyAttempts, Unavailable
@@ -130,6 +133,11 @@ class GuardMiddleware:
             )
 
 
+def is_api(path: str) -> bool:
+    """Whether a path belongs to the API (JSON errors) rather than the console (HTML pages)."""
+    return path == "/api" or path.startswith("/api/")
+
+
 def _request_id(request: Request) -> str | None:
     value = request.scope.get("state", {}).get("request_id")
     return str(value) if value else None
@@ -153,6 +161,8 @@ def create_app(data: DataDir, limits: Limits | None = None) -> FastAPI:
     app.state.certs = CertificateStore(data)
     app.state.limits = limits
     app.state.store = backup_routes.chunk_store(data, app.state.db)
+    # The console's operations: the CLI's own (authority/admin.py), over the server's database.
+    app.state.admin = Admin(data, db=app.state.db)
 
     @app.exception_handler(AuthorityError)
     async def on_authority_error(request: Request, exc: AuthorityError) -> JSONResponse:
@@ -192,7 +202,12 @@ def create_app(data: DataDir, limits: Limits | None = None) -> FastAPI:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not is_api(request.url.path) and exc.status_code in (404, 405):
+            # A browser outside the API: a page, not JSON (the page reads the session).
+            return await run_in_threadpool(
+                console_pages.not_found_page, request, exc.status_code, exc.headers
+            )
         code = {404: "no_such_endpoint", 405: "method_not_allowed"}.get(
             exc.status_code, "http_error"
         )
@@ -210,8 +225,9 @@ def create_app(data: DataDir, limits: Limits | None = None) -> FastAPI:
     app.include_router(agent_routes.router)
     app.include_router(admin_routes.router)
     app.include_router(backup_routes.router)
+    app.include_router(console_pages.router)  # after the API: the console's paths are the rest
     app.add_middleware(GuardMiddleware, limits=limits)
     return app
 
 
-__all__ = ["REQUEST_ID_HEADER", "GuardMiddleware", "Limits", "create_app", "error_body"]
+__all__ = ["REQUEST_ID_HEADER", "GuardMiddleware", "Limits", "create_app", "error_body", "is_api"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ldap3 import NONE, SUBTREE, Connection, Server, Tls
+from ldap3 import NO_ATTRIBUTES, NONE, SUBTREE, Connection, Server, Tls
 from ldap3.core import exceptions as ldap_errors
 from ldap3.utils.conv import escape_filter_chars
 
@@ -39,6 +39,9 @@ log = logging.getLogger("authority")
 # Per network step (connect, StartTLS, bind, search): four steps stay inside the agent's
 # default 30-second request timeout, so a slow directory is our 503, not the agent's timeout.
 DEFAULT_TIMEOUT = 5.0
+# The most entries a connection check counts (check_connection): enough to tell "some" from
+# "none", without reading a whole directory.
+CHECK_LIMIT = 1000
 # Whichever of these an entry has decides whether the account is disabled (is_disabled).
 STATE_ATTRIBUTES = (
     "pwdAccountLockedTime",  # OpenLDAP ppolicy
@@ -166,9 +169,12 @@ class Directory:
         timeout: float = DEFAULT_TIMEOUT,
         retry_after: int = 60,
         org_name: str | None = None,
+        for_administrator: bool = False,
     ) -> None:
         self.retry_after = retry_after
         self.timeout = timeout
+        # An administrator testing the settings reads the whole reason; devices read less.
+        self.for_administrator = for_administrator
         self.url = str(settings.get("url", "?"))
         self.where = (
             f"the directory of organization {org_name!r}" if org_name else "the LDAP directory"
@@ -212,6 +218,35 @@ class Directory:
         if user.disabled:
             raise disabled_error(user.username, self.where)
         return user
+
+    def check_connection(self) -> str:
+        """Bind and search once, as an administrator's "test connection": what happened.
+
+        The search is the user filter with any username (`{username}` as `*`), under the base
+        DN: the entries registrations could find. Failures raise as find_user's do.
+        """
+        settings = self.settings
+        with self._connection(settings.bind_dn, self._bind_password()) as conn:
+            try:
+                conn.search(
+                    settings.base_dn,
+                    settings.user_filter.replace("{username}", "*"),
+                    search_scope=SUBTREE,
+                    attributes=NO_ATTRIBUTES,
+                    size_limit=CHECK_LIMIT,
+                    time_limit=max(1, math.ceil(self.timeout)),
+                )
+                entries = [r for r in conn.response or [] if r.get("type") == "searchResEntry"]
+                found = str(len(entries))
+            except ldap_errors.LDAPSizeLimitExceededResult:
+                found = f"more than {CHECK_LIMIT}"
+        who = (
+            f"bind as {settings.bind_dn} succeeded"
+            if settings.bind_dn
+            else "anonymous access succeeded"
+        )
+        noun = "entry" if found == "1" else "entries"
+        return f"Connected: {who}, search under {settings.base_dn} returned {found} {noun}"
 
     def _bind_password(self) -> str | None:
         path = self.settings.bind_password_file
@@ -335,6 +370,9 @@ class Directory:
     def _unavailable(self, code: str, detail: str, *, level: int = logging.WARNING) -> Unavailable:
         state = "is unavailable" if code == "directory_unavailable" else "cannot be used"
         log.log(level, "%s (%s) %s: %s [%s]", self.where, self.url, state, detail, code)
+        if self.for_administrator:
+            message = f"{self.where} ({self.url}) {state}: {detail}"
+            return Unavailable(message, code=code, retry_after=self.retry_after)
         # Devices see the message too: bind DNs and file paths stay in the authority's log.
         public = _PUBLIC_DETAIL.get(code, detail)
         message = f"{self.where} ({self.url}) {state}: {public}; the device will retry"
@@ -387,6 +425,7 @@ def _short(exc: BaseException) -> str:
 
 
 __all__ = [
+    "CHECK_LIMIT",
     "Directory",
     "DirectoryUser",
     "UserDirectory",

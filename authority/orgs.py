@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -113,6 +113,18 @@ class LdapSettings:
         )
 
 
+@dataclass(frozen=True)
+class LdapSecrets:
+    """LDAP settings the console takes as text where the CLI takes files (`--ldap-*-file`).
+
+    The authority keeps them in files of its data folder (DATA/ldap/, mode 0600), so an
+    organization made in the console reads them exactly as one made with the CLI does.
+    """
+
+    bind_password: str | None = field(default=None, repr=False)
+    ca_pem: str | None = None
+
+
 def check_name(name: str) -> str:
     if not name or name != name.strip() or len(name) > 128 or not name.isprintable():
         raise InvalidInput(
@@ -188,6 +200,7 @@ def org_summary(org: Organization) -> dict[str, Any]:
 __all__ = [
     "AUTH_METHODS",
     "DEFAULT_LDAP_FILTER",
+    "LdapSecrets",
     "LdapSettings",
     "check_name",
     "create_org",

@@ -80,31 +80,65 @@ def load_script(spec: str) -> ScriptFile:
     path = Path(path_part).expanduser()
     if not path.is_file():
         raise InvalidInput(f"--script {os_name}: {path} does not exist or is not a file")
-    raw = path.read_bytes()
+    where = f"--script {os_name}: {path}"
+    return script_from_bytes(os_name, path.name, path.read_bytes(), where=where)
+
+
+def script_from_bytes(os_name: str, filename: str, raw: bytes, *, where: str) -> ScriptFile:
+    """A script handed over as bytes (a file read, an upload), refusing what cannot run.
+
+    `where` opens each message: how the administrator named the script (`--script linux:
+    PATH` on the command line, the form's field in the console).
+    """
+    os_name = parse_os(os_name)
+    check_filename(filename)
     if len(raw) > MAX_SCRIPT_BYTES:
-        raise InvalidInput(f"--script {os_name}: {path} is larger than {MAX_SCRIPT_BYTES} bytes")
+        raise InvalidInput(f"{where} is larger than {MAX_SCRIPT_BYTES} bytes")
     if b"\0" in raw:
-        raise InvalidInput(f"--script {os_name}: {path} is not a text file (it contains NUL bytes)")
+        raise InvalidInput(f"{where} is not a text file (it contains NUL bytes)")
     try:
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"--script {os_name}: {path} is not UTF-8 text ({exc.reason})") from None
+        raise InvalidInput(f"{where} is not UTF-8 text ({exc.reason})") from None
     if not content.strip():
-        raise InvalidInput(f"--script {os_name}: {path} is empty")
+        raise InvalidInput(f"{where} is empty")
     return ScriptFile(
         os=os_name,
-        filename=path.name,
-        interpreter=interpreter_for(os_name, path.name, content),
+        filename=filename,
+        interpreter=interpreter_for(os_name, filename, content),
         content=content,
         sha256=hashlib.sha256(content.encode("utf-8")).hexdigest(),
     )
+
+
+def script_from_text(os_name: str, filename: str, content: str, *, where: str) -> ScriptFile:
+    """A script typed or pasted as text (the console's editor); the same checks as a file."""
+    return script_from_bytes(os_name, filename, content.encode("utf-8"), where=where)
+
+
+def check_filename(filename: str) -> str:
+    """A plain file name: the agent writes the script under it; Windows runs it by its suffix."""
+    if (
+        not filename
+        or len(filename) > 255
+        or filename in (".", "..")
+        or any(c in filename for c in "/\\\0")
+        or not filename.isprintable()
+    ):
+        raise InvalidInput(
+            f"script file name {filename[:80]!r}: 1-255 printable characters, no / or \\"
+        )
+    return filename
 
 
 __all__ = [
     "MAX_SCRIPT_BYTES",
     "OPERATING_SYSTEMS",
     "ScriptFile",
+    "check_filename",
     "interpreter_for",
     "load_script",
     "parse_os",
+    "script_from_bytes",
+    "script_from_text",
 ]

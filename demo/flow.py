@@ -2,8 +2,9 @@
 
 Each step runs the real command (shown with a `$`) against a fresh temporary folder and a
 free loopback port: the authority over HTTPS with a self-signed certificate, then the real
-agent with the policy's installer arguments, until it is registered. `--serve` leaves both
-running for exploration until Ctrl-C.
+agent with the policy's installer arguments, until it is registered. A console administrator
+is made too; `--serve` leaves both running until Ctrl-C and prints the console's address and
+that administrator's sign-in, for exploring the web console (docs/console.md).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
 import shlex
 import signal
 import socket
@@ -26,7 +28,10 @@ import httpx
 from agent.pinning import pinned_context
 
 DEMO_USER = "demo.user@example.com"
-FIXED_USER_SCRIPT = Path(__file__).resolve().parent.parent / "authority/detection_scripts/linux/fixed_user.sh"
+CONSOLE_ADMIN = "demo-admin"
+FIXED_USER_SCRIPT = (
+    Path(__file__).resolve().parent.parent / "authority/detection_scripts/linux/fixed_user.sh"
+)
 
 
 def step(title: str) -> None:
@@ -37,10 +42,15 @@ def show(command: str, *args: str) -> None:
     print(f"$ {command} " + " ".join(shlex.quote(a) for a in args))
 
 
-def run(module: str, *args: str, quiet: bool = False) -> str:
+def run(module: str, *args: str, quiet: bool = False, stdin: str | None = None) -> str:
     show("holdfast-authority" if module == "authority" else "holdfast", *args)
     result = subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
     )
     if result.returncode != 0:
         sys.exit(f"demo failed: the command exited {result.returncode}: {result.stderr.strip()}")
@@ -142,6 +152,11 @@ def main() -> int:  # noqa: PLR0915  # a script that tells a story, one step aft
         print("    deploy.properties (Jamf, Munki):")
         print("      " + install["deploy_properties"].rstrip().replace("\n", "\n      "))
 
+        step("...and a console administrator (the password twice on stdin, never echoed)")
+        password = secrets.token_urlsafe(12)
+        admin_args = ["admin", "create", CONSOLE_ADMIN, "--role", "deploy", *d]
+        run("authority", *admin_args, stdin=f"{password}\n{password}\n")
+
         step("...and starts the server (HTTPS only)")
         url, pin = view["deployment_url"], view["tls_pins"][0]["sha1"]
         serve_args = ["serve", *d, "--host", "127.0.0.1", "--port", str(port)]
@@ -155,6 +170,7 @@ def main() -> int:  # noqa: PLR0915  # a script that tells a story, one step aft
         try:
             wait_until_serving(url, pin, server)
             print(f"  serving {url}; its certificate's SHA-1 {pin} is the SSL_WHITELIST")
+            print(f"  the web console is {url}/ (sign in as {CONSOLE_ADMIN})")
 
             step("The MDM tool installs the agent with the policy's arguments")
             agent_args = ["run", "--home", str(agent_home), "--deploy-args", install["cp_args"]]
@@ -194,9 +210,18 @@ def main() -> int:  # noqa: PLR0915  # a script that tells a story, one step aft
             run("authority", "device", "list", *d)
             run("authority", "user", "list", *d)
             if options.serve:
+                sha256 = view["tls_pins"][0]["sha256"].upper()
+                fingerprint = ":".join(sha256[i : i + 2] for i in range(0, len(sha256), 2))
                 print(
                     f"\nThe authority ({url}, data {data}) and the agent (home {agent_home}) keep "
-                    f"running.\nTry: holdfast status --home {agent_home}\nCtrl-C stops both."
+                    f"running.\nTry: holdfast status --home {agent_home}\n"
+                    f"\nThe web console: {url}/\n"
+                    f"  name:     {CONSOLE_ADMIN}\n"
+                    f"  password: {password}\n"
+                    "Your browser will warn that the certificate is self-signed: accept it if its "
+                    f"SHA-256 fingerprint is\n  {fingerprint}\n"
+                    "\nCtrl-C stops both.",
+                    flush=True,
                 )
                 wanted = {signal.SIGINT, signal.SIGTERM}
                 signal.pthread_sigmask(signal.SIG_BLOCK, wanted)  # delivered to sigwait only

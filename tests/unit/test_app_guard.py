@@ -46,7 +46,7 @@ def test_an_unexpected_exception_is_answered_503_with_retry_after_and_request_id
 
 
 def test_unknown_paths_and_methods_are_json_errors_with_request_ids(tmp_path: Path) -> None:
-    missing, wrong_method = _get(tmp_path, Limits(), "/nope", "/api/v1/deploy/policy")
+    missing, wrong_method = _get(tmp_path, Limits(), "/api/v1/nope", "/api/v1/deploy/policy")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "no_such_endpoint"
     assert wrong_method.status_code == 405
