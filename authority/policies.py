@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from authority.db import DetectionScript, Organization, Policy, RetiredToken, utcnow
@@ -23,6 +23,14 @@ from authority.install_args import InstallArgs
 from authority.orgs import find_org
 from authority.scripts import ScriptFile, parse_os
 from authority.settings import SETTINGS, complete, defaults, parse_assignments
+
+# Built once: every agent's policy fetch runs it, and building a statement anew cost more
+# than running it (authority/registration.py says by how much).
+_POLICY_BY_TOKEN = (
+    select(Policy)
+    .where(Policy.token == bindparam("token"))
+    .options(joinedload(Policy.org))  # every caller checks that the organization is active
+)
 
 POLICY_DOCUMENT_VERSION = 1
 
@@ -107,10 +115,7 @@ def _well_formed_token(token: str | None) -> str:
 def policy_for_token(session: Session, token: str | None) -> Policy:
     """The active policy a token names, or the reason it names none (see module docstring)."""
     wanted = _well_formed_token(token)
-    # The organization in the same query: every caller checks that it is active.
-    policy = session.scalar(
-        select(Policy).where(Policy.token == wanted).options(joinedload(Policy.org))
-    )
+    policy = session.scalar(_POLICY_BY_TOKEN, {"token": wanted})
     if policy is None:
         retired = session.get(RetiredToken, wanted)
         if retired is None:

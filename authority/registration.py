@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from authority.db import Device, Organization, Policy, User, utcnow
@@ -22,6 +22,15 @@ from authority.errors import Conflict, Forbidden, InvalidInput, Unauthorized
 from authority.policies import require_active
 from authority.scripts import parse_os
 from authority.users import DirectoryFor, directory_for, user_for_registration
+
+# Built once: every agent request runs one of them, and building a statement anew (and
+# computing its cache key) cost more than running it (97 against 190 us a lookup).
+_DEVICE_BY_GUID = select(Device).where(Device.guid == bindparam("guid"))
+_DEVICE_BY_CREDENTIAL = (
+    select(Device)
+    .where(Device.credential_hash == bindparam("digest"))
+    .options(joinedload(Device.org))  # every caller checks that the organization is active
+)
 
 PHASES = (
     "unconfigured",
@@ -132,7 +141,7 @@ def record_report(
     guid = check_guid(report.guid)
     check_report(report)
     if device is None or device.guid != guid:
-        device = session.scalar(select(Device).where(Device.guid == guid))
+        device = session.scalar(_DEVICE_BY_GUID, {"guid": guid})
     if device is None:
         device = Device(guid=guid, org=org)
         session.add(device)
@@ -171,7 +180,7 @@ def register(
     username = _check_username(request.username.strip(), org)
     home = _check_home(request.user_home)
 
-    device = session.scalar(select(Device).where(Device.guid == guid))
+    device = session.scalar(_DEVICE_BY_GUID, {"guid": guid})
     if device is not None and device.registered_at is not None and device.org_id != org.id:
         raise Conflict(
             f"device {guid} belongs to organization {device.org.name!r}; "
@@ -220,12 +229,7 @@ def register(
 def device_for_credential(session: Session, credential: str | None) -> Device:
     if not credential:
         raise Unauthorized("no device credential in the request", code="credential_missing")
-    # The organization in the same query: every caller checks that it is active.
-    device = session.scalar(
-        select(Device)
-        .where(Device.credential_hash == credential_digest(credential))
-        .options(joinedload(Device.org))
-    )
+    device = session.scalar(_DEVICE_BY_CREDENTIAL, {"digest": credential_digest(credential)})
     if device is None or device.registered_at is None:
         raise Unauthorized(
             "the device credential is not valid (revoked, or replaced by a newer registration)",

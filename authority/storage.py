@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -43,6 +43,12 @@ _HEX_ID = re.compile(r"[0-9a-f]{64}")
 _ARCHIVE = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,63}")
 # SQLite allows 999 bound variables per statement in older builds; stay under it.
 QUERY_BATCH = 900
+# Built once (an IN list expands at execution): every backup asks, and building the
+# statement anew cost about as much as running it.
+_PRESENT = select(StoredChunk.chunk_id).where(
+    StoredChunk.archive == bindparam("archive"),
+    StoredChunk.chunk_id.in_(bindparam("ids", expanding=True)),
+)
 
 
 class ChunkStore(Protocol):
@@ -188,13 +194,7 @@ class FileChunkStore:
         with self.db.transaction() as session:
             for start in range(0, len(wanted), QUERY_BATCH):
                 batch = wanted[start : start + QUERY_BATCH]
-                present.update(
-                    session.scalars(
-                        select(StoredChunk.chunk_id).where(
-                            StoredChunk.archive == archive, StoredChunk.chunk_id.in_(batch)
-                        )
-                    )
-                )
+                present.update(session.scalars(_PRESENT, {"archive": archive, "ids": batch}))
         return [i for i in wanted if i not in present]
 
     def has(self, archive: str, chunk_id: str) -> bool:

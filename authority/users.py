@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from authority.db import Device, Organization, SignInFailures, User
@@ -43,8 +43,14 @@ class UserMatch:
     warning: str | None = None
 
 
+# Built once: every registration runs it (authority/registration.py says why).
+_USER_BY_NAME = select(User).where(
+    User.org_id == bindparam("org_id"), User.username == bindparam("username")
+)
+
+
 def _by_name(session: Session, org: Organization, username: str) -> User | None:
-    return session.scalar(select(User).where(User.org_id == org.id, User.username == username))
+    return session.scalar(_USER_BY_NAME, {"org_id": org.id, "username": username})
 
 
 def _local_user(session: Session, org: Organization, username: str) -> UserMatch:
