@@ -190,7 +190,7 @@ class ConsoleRoute(APIRoute):
 
         async def guarded(request: Request) -> Response:
             try:
-                return await handler(request)
+                response = await handler(request)
             except SignInRequired as exc:
                 return redirect(sign_in_url(exc.next_path))
             except (Refused, AuthorityError) as exc:
@@ -207,6 +207,9 @@ class ConsoleRoute(APIRoute):
                     f"The console hit an unexpected error (request {_rid(request)}); "
                     "it has been logged."
                 )
+            else:
+                _audit(request, response)
+                return response
             return message_page(
                 request,
                 current_operator(request),
@@ -216,6 +219,33 @@ class ConsoleRoute(APIRoute):
             )
 
         return guarded
+
+
+# Posts that change nothing, so they leave no audit line (sign-in has its own lines).
+_NOT_CHANGES = ("/sign-in", "/sign-out", "/orgs/test-ldap")
+
+
+def _audit(request: Request, response: Response) -> None:
+    """One line in authority.log per change made in the console: who, what, from where.
+
+    The path names the change (`/orgs/Acme/policy/rotate`); the form's values are never
+    logged, since some are secrets (a bind password, a script).
+    """
+    path = request.url.path
+    if request.method != "POST" or response.status_code >= 400:
+        return
+    if path in _NOT_CHANGES or path.endswith("/policy/load"):
+        return
+    operator = current_operator(request)
+    client = request.client.host if request.client else "-"
+    log.info(
+        "rid=%s console change %s by %r (%s role) from %s",
+        _rid(request),
+        path,
+        operator.name if operator else "-",
+        operator.role if operator else "-",
+        client,
+    )
 
 
 def _rid(request: Request) -> str:

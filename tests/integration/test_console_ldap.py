@@ -22,7 +22,7 @@ from tests.integration.slapd import (
     require_slapd,
     start_slapd,
 )
-from tests.unit.test_console_pages import Console, browser, console_app, element_text
+from tests.unit.console.client import Console, browser, console_app, element_text
 
 
 @pytest.fixture

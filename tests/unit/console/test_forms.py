@@ -8,65 +8,25 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
 
 from authority.admin import Admin
 from authority.console.access import CSRF_REFUSED
 from authority.datadir import DataDir
-from authority.db import Policy, User
-from authority.orgs import find_org, list_orgs
-from tests.unit.test_console_pages import (
-    Console,
-    add_fleet,
-    browser,
-    console_app,
-    element_text,
-)
+from authority.orgs import find_org
+from tests.unit.console.client import Console, browser, element_text, world
 
-SHIPPED = Path(__file__).parents[2] / "authority" / "detection_scripts"
 UNREACHABLE = "ldap://127.0.0.1:9"  # discard: nothing listens there
 BIND_PASSWORD = "bind-secret-4711"
 
 
 @pytest.fixture
-def app(data: DataDir, admin: Admin) -> Iterator[FastAPI]:
-    for application in console_app(data, admin):
-        add_fleet(admin)
-        admin.org_create("beta", "local", None, None)  # no policy yet
-        yield application
-
-
-@pytest.fixture
-def deployer(app: FastAPI) -> Iterator[Console]:
-    yield from browser(app, "deployer")
-
-
-@pytest.fixture
-def viewer(app: FastAPI) -> Iterator[Console]:
-    yield from browser(app, "viewer")
-
-
-@pytest.fixture
-def anonymous(app: FastAPI) -> Iterator[Console]:
-    yield from browser(app)
-
-
-def world(admin: Admin) -> Any:
-    """Everything a console form could change."""
-    with admin.db.transaction() as s:
-        orgs = [(o.name, o.active, o.ldap) for o in list_orgs(s)]
-        policies = [
-            (p.org.name, p.token, p.manual, p.settings, [x.sha256 for x in p.scripts])
-            for p in s.scalars(select(Policy))
-        ]
-        users = [(u.username, u.password_hash) for u in s.scalars(select(User))]
-    return orgs, policies, users
+def app(beta_app: FastAPI) -> FastAPI:
+    """acme's fleet and "beta", an organization without a policy: what the forms change."""
+    return beta_app
 
 
 CHANGING = [

@@ -1,13 +1,12 @@
 """The console's policy and user forms: what each changes, and what it refuses and why.
 
-Refusals common to every form (CSRF, roles, no session) are in test_console_forms.py.
+Refusals common to every form (CSRF, roles, no session) are in test_forms.py.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -17,27 +16,16 @@ from authority.admin import Admin
 from authority.console.access import local_path
 from authority.console.forms import editor_text, in_form_words
 from authority.console.people_pages import status_of
-from authority.datadir import DataDir
 from authority.db import User
 from authority.passwords import verify_password
 from authority.policies import find_policy
-from tests.unit.test_console_forms import world
-from tests.unit.test_console_pages import Console, add_fleet, browser, console_app, element_text
-
-SHIPPED = Path(__file__).parents[2] / "authority" / "detection_scripts"
+from tests.unit.console.client import SHIPPED, Console, element_text, world
 
 
 @pytest.fixture
-def app(data: DataDir, admin: Admin) -> Iterator[FastAPI]:
-    for application in console_app(data, admin):
-        add_fleet(admin)
-        admin.org_create("beta", "local", None, None)  # no policy yet
-        yield application
-
-
-@pytest.fixture
-def deployer(app: FastAPI) -> Iterator[Console]:
-    yield from browser(app, "deployer")
+def app(beta_app: FastAPI) -> FastAPI:
+    """acme's fleet and "beta", an organization without a policy: what the forms change."""
+    return beta_app
 
 
 # Policies
@@ -251,3 +239,18 @@ def test_a_status_reads_registered_or_the_latest_reason() -> None:
     assert status_of({**base, "last_error": "x", "last_attempt": refused}) == (
         "installed, not registered: token replaced"
     )
+
+
+def test_every_change_leaves_an_audit_line_with_who_and_what_but_no_values(
+    deployer: Console, viewer: Console, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="authority.console"):
+        deployer.post("/orgs/acme/policy/rotate")
+        deployer.post("/orgs/acme/policy/settings", {"settings": "backup_interval_seconds=4711"})
+        assert viewer.post("/orgs/acme/policy/rotate").status_code == 403
+        deployer.post("/orgs/acme/policy/load", {"load": "linux", "shipped_linux": "x.sh"})
+    changes = [r.getMessage() for r in caplog.records if "console change" in r.getMessage()]
+    assert len(changes) == 2
+    assert "console change /orgs/acme/policy/rotate by 'deployer' (deploy role)" in changes[0]
+    assert "console change /orgs/acme/policy/settings by 'deployer'" in changes[1]
+    assert not any("4711" in r.getMessage() for r in caplog.records)

@@ -4,49 +4,22 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select
 
 from authority.admin import Admin
-from authority.datadir import DataDir
 from authority.db import Device, User
 from authority.orgs import find_org
-from tests.unit.test_console_pages import (
+from tests.unit.console.client import (
     PENDING,
     REFUSAL,
     REGISTERED,
     Console,
-    add_fleet,
-    browser,
-    console_app,
     element_text,
     post_forms,
 )
-
-
-@pytest.fixture
-def app(data: DataDir, admin: Admin) -> Iterator[FastAPI]:
-    yield from console_app(data, admin)
-
-
-@pytest.fixture
-def deployer(app: FastAPI) -> Iterator[Console]:
-    yield from browser(app, "deployer")
-
-
-@pytest.fixture
-def viewer(app: FastAPI) -> Iterator[Console]:
-    yield from browser(app, "viewer")
-
-
-@pytest.fixture
-def fleet(admin: Admin) -> None:
-    add_fleet(admin)
-
 
 # Devices
 
