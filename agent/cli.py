@@ -199,7 +199,31 @@ def _run(args: argparse.Namespace, paths: AgentPaths, argv: Sequence[str]) -> in
         _reexec_without_args(argv)
     from agent.daemon import Daemon
 
-    return Daemon(paths).run()
+    code = Daemon(paths).run()
+    _exit_without_stranded_uploads(code)
+    return code
+
+
+def _exit_without_stranded_uploads(code: int) -> None:
+    """Exit now if a stopped backup left uploads blocked on a dead connection.
+
+    Python joins such threads before it exits, and a connection that an authority which
+    vanished never closes holds one for the pack timeout (120 s), past the service
+    manager's patience (systemd's is 90 s): it would kill the agent. Everything is saved
+    and logged by now, and the threads' work is moot (the next run sends it again).
+    """
+    uploader = sys.modules.get("agent.backup.uploader")
+    if uploader is None:  # no backup ran: nothing to strand (and nothing heavy to import)
+        return
+    import logging
+    import threading
+
+    prefix: str = uploader.UPLOAD_THREAD
+    if any(t.name.startswith(prefix) and t.is_alive() for t in threading.enumerate()):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _status(args: argparse.Namespace, paths: AgentPaths) -> int:

@@ -313,7 +313,9 @@ def run_backup(
     cache = FilesCache(state_dir)
     try:
         keys = ensure_key(client, credential, state_dir, retry)
-        with Uploader(client, credential, keys, retry, workers=workers, limit=limit) as uploader:
+        with Uploader(
+            client, credential, keys, retry, workers=workers, limit=limit, cancel=cancel
+        ) as uploader:
             run = _Run(
                 home, keys=keys, cache=cache, uploader=uploader, progress=progress, cancel=cancel
             )

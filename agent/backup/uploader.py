@@ -15,6 +15,7 @@ slows the reading down to the limit.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from agent.backup.keys import Subkeys
 from agent.backup.packer import Pack, Packer
 from agent.backup.retry import Retrier
 from agent.backup.throttle import UploadLimit
+from agent.errors import BackupCancelled
 from agent.transport import AuthorityClient
 
 log = logging.getLogger(logs.LOGGER)
@@ -35,6 +37,9 @@ PENDING_BYTES = 8 * 1024 * 1024
 # Packs sealed and sent at once: each holds up to a pack (8 MiB) and the chunk being
 # sealed; 3 keep two cores busy beside the reading, and a fourth only added memory.
 UPLOAD_WORKERS = 3
+UPLOAD_THREAD = "holdfast-upload"
+# How often a run waiting for an upload slot looks whether it was stopped.
+CANCEL_CHECK_SECONDS = 0.25
 
 Batch = list[tuple[str, bytes]]
 
@@ -59,6 +64,7 @@ class Uploader:
         workers: int = UPLOAD_WORKERS,
         pending_bytes: int = PENDING_BYTES,
         limit: UploadLimit | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.client = client
         self.credential = credential
@@ -67,7 +73,8 @@ class Uploader:
         self.workers = max(1, workers)
         self.pending_bytes = pending_bytes
         self.limit = limit
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="holdfast-upload")
+        self.cancel = cancel
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=UPLOAD_THREAD)
         self._inflight: set[Future[_Sent]] = set()
         self._pending: Batch = []
         self._pending_size = 0
@@ -85,10 +92,20 @@ class Uploader:
     def __enter__(self) -> Uploader:
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        # Uploads still running finish (or fail) before the client they share may close;
-        # none are queued beyond those, since at most `workers` are submitted.
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type: type[BaseException] | None, *_exc: object) -> None:
+        if exc_type is None:
+            # Every upload was collected (drain): the threads end at once.
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            return
+        # The run is over (stopped, or failed): packs still in flight are moot. One sent to
+        # an authority that vanished without closing the connection (a laptop that changed
+        # networks) waits out the pack timeout, 120 s: the stop must not wait with it.
+        # Such a thread ends on its own when its request fails; the snapshot was not made,
+        # and the next run sends again whatever did not arrive.
+        stranded = sum(1 for future in self._inflight if not future.done())
+        if stranded:
+            log.info("the backup ends without waiting for %d upload(s) in flight", stranded)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def wants(self, cid: str) -> bool:
         """Whether the chunk is news to this run (else neither sealed nor asked about)."""
@@ -184,7 +201,11 @@ class Uploader:
         self._inflight.add(self._pool.submit(self._seal_and_put, batch))
 
     def _collect(self) -> None:
-        done, _ = wait(self._inflight, return_when=FIRST_COMPLETED)
+        done: set[Future[_Sent]] = set()
+        while not done:
+            if self.cancel is not None and self.cancel.is_set():
+                raise BackupCancelled("the backup was stopped; the next run resumes it")
+            done, _ = wait(self._inflight, CANCEL_CHECK_SECONDS, return_when=FIRST_COMPLETED)
         for future in done:
             self._inflight.discard(future)
             self._account(future.result())  # a failed upload fails the run, here
@@ -220,4 +241,4 @@ class Uploader:
         self.client.put_pack(self.credential, pack.pack_id, pack.parts, pack.index_header)
 
 
-__all__ = ["MISSING_BATCH", "UPLOAD_WORKERS", "Uploader"]
+__all__ = ["MISSING_BATCH", "UPLOAD_THREAD", "UPLOAD_WORKERS", "Uploader"]

@@ -7,6 +7,9 @@ names, for the fault suite:
                             records of the server's stream and `extra` bytes of the next,
                             then the connection is closed
     ResetTls(after)         `after` bytes of the server's handshake, then a TCP reset
+    Hang(after)             once the client has sent `after` bytes, nothing more of the
+                            server's reaches it, and its connection stays open (a peer that
+                            vanished without closing: a laptop that changed networks)
 
 It sees TLS records, never plaintext: the request is the first application-data record
 from the client that is larger than any TLS Finished message. (`relay.py` terminates TLS.)
@@ -53,7 +56,15 @@ class ResetTls:
     after: int
 
 
-Fault = Drop | Stall | Truncate | ResetTls
+@dataclass(frozen=True)
+class Hang:
+    """Once the client has sent `after` bytes, pass nothing more of the server's to it, and
+    keep its connection open, even after the server closes its side."""
+
+    after: int
+
+
+Fault = Drop | Stall | Truncate | ResetTls | Hang
 Plan = Callable[[int], Fault | None]  # connection number (from 1) -> its fault, if any
 
 
@@ -99,6 +110,7 @@ class RecordReader:
 class _Connection:
     fault: Fault | None
     request_at: int | None = None  # where the server's stream was when the request came
+    client_bytes: int = 0
     server: RecordReader = field(default_factory=RecordReader)
     client: RecordReader = field(default_factory=RecordReader)
 
@@ -135,6 +147,7 @@ class FaultProxy(Listener):
             up_writer.transport.abort()
 
     def _from_client(self, connection: _Connection, data: bytes) -> None:
+        connection.client_bytes += len(data)
         for record in connection.client.feed(data):
             if (
                 connection.request_at is None
@@ -152,7 +165,13 @@ class FaultProxy(Listener):
     ) -> None:
         fault = connection.fault
         records: list[Record] = []
+        hung = False
         while data := await reader.read(READ_SIZE):
+            if isinstance(fault, Hang) and connection.client_bytes > fault.after:
+                if not hung:
+                    hung = True
+                    self.applied.append(f"{number}: {fault}")
+                continue  # read and dropped: the server is not held up, the client is
             position = connection.server.offset
             records += connection.server.feed(data)
             if isinstance(fault, Stall) and position == 0:
@@ -170,6 +189,8 @@ class FaultProxy(Listener):
                 return
             writer.write(data)
             await writer.drain()
+        if hung:
+            await asyncio.Event().wait()  # open until the proxy stops: no end reaches it
         end(writer)
 
     @staticmethod
@@ -191,6 +212,7 @@ __all__ = [
     "Drop",
     "Fault",
     "FaultProxy",
+    "Hang",
     "Plan",
     "Record",
     "RecordReader",
