@@ -30,7 +30,7 @@ from agent.backup import manifest
 from agent.backup.blobs import chunk_id
 from agent.backup.cache import CachedFile, FilesCache
 from agent.backup.chunker import Chunker
-from agent.backup.heap import release_free_memory
+from agent.backup.heap import keep_large_buffers_apart, release_free_memory
 from agent.backup.keys import Subkeys, ensure_key
 from agent.backup.retry import Retrier
 from agent.backup.scanner import (
@@ -308,6 +308,7 @@ def run_backup(
     if not home.is_dir():
         raise BackupError(f"the folder to back up, {home}, does not exist or is not a folder")
     started_at = _now()
+    keep_large_buffers_apart()
     retry = Retrier(sleep)
     # The cache's lock first: two first backups racing would each make a master key.
     cache = FilesCache(state_dir)
