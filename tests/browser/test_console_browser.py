@@ -193,6 +193,13 @@ def test_console_deploys_a_policy_an_agent_registers_with_and_rotates_its_token(
     guid = status["device_guid"]
     assert guid
     wait_for_status(page, console, guid, lambda s: s == "registered")
+    # Its first backup too, so the page shows the device protected, as an administrator
+    # would see it a minute after the install.
+    first.wait_for(lambda s: bool(s["last_backup"]), timeout=90, what="a first backup")
+    visit(page, f"{console.url}/devices")
+    row = page.locator(f'table#devices tr[data-guid="{guid}"]')
+    assert "none yet" not in row.inner_text()
+    assert "unprotected" not in (row.get_attribute("class") or "")
     page.screenshot(path=str(SCREENSHOTS / "devices.png"), full_page=True)
 
     visit(page, f"{console.url}/orgs/{ORG}/policy/rotate")

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from agent.backup.keys import KEY_FILE, load_master_key
 from agent.backup.restore import RestoreResult, restore
 from agent.backup.scanner import open_source
 from agent.errors import BackupCancelled, TransientError
-from tests.unit.test_backup_fake import CREDENTIAL, FakeAuthority, error
+from agent.transport import AuthorityClient
+from tests.unit.test_backup_fake import CREDENTIAL, URL, FakeAuthority, error
 
 MTIME = 1_600_000_000_123_456_789
 BIG = 5 * 1024 * 1024
@@ -375,6 +377,37 @@ def test_a_cancelled_run_commits_nothing(fake: FakeAuthority, home: Path, state:
     cancel.set()
     with pytest.raises(BackupCancelled):
         backup(fake, home, state, cancel=cancel)
+    assert fake.snapshots == []
+
+
+def test_a_stop_while_uploads_hang_ends_the_run_without_waiting_for_them(
+    fake: FakeAuthority, tmp_path: Path, state: Path
+) -> None:
+    # An authority gone silent: its packs never answer (until the test lets them go).
+    home = tmp_path / "videos"
+    home.mkdir()
+    for n in range(6):
+        (home / f"clip-{n}.mp4").write_bytes(os.urandom(3 * 1024 * 1024))
+    released = threading.Event()
+    hanging = threading.Event()
+
+    def silent_packs(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and "/packs/" in request.url.path:
+            hanging.set()
+            released.wait(30)
+        return fake.handle(request)
+
+    cancel = threading.Event()
+    threading.Thread(target=lambda: hanging.wait(30) and cancel.set(), daemon=True).start()
+    client = AuthorityClient(URL, transport=httpx.MockTransport(silent_packs))
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackupCancelled):
+            run_backup(client, CREDENTIAL, home, [], state, cancel=cancel, sleep=lambda _s: None)
+        assert time.monotonic() - started < 10  # the packs hang for 30 s
+    finally:
+        released.set()
+        client.close()
     assert fake.snapshots == []
 
 
