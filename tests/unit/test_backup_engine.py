@@ -289,6 +289,19 @@ def test_a_transient_failure_is_retried_with_the_injected_sleep(
     assert 0.5 <= sleeps[0] <= 1.0 and 1.0 <= sleeps[1] <= 2.0  # exponential, jittered
 
 
+def test_a_stop_during_the_wait_between_attempts_ends_the_run_without_more_attempts(
+    fake: FakeAuthority, home: Path, state: Path
+) -> None:
+    fake.faults.append(
+        lambda r: error(503, "unavailable") if r.url.path.endswith("/chunks/missing") else None
+    )
+    cancel = threading.Event()
+    with pytest.raises(BackupCancelled):
+        backup(fake, home, state, cancel=cancel, sleep=lambda _s: cancel.set())
+    assert fake.count("POST", "/api/v1/device/chunks/missing") == 1
+    assert fake.snapshots == []
+
+
 def test_a_long_retry_after_is_left_to_the_lifecycle(
     fake: FakeAuthority, home: Path, state: Path
 ) -> None:
