@@ -43,7 +43,7 @@ from authority.policies import (
 )
 from authority.scripts import ScriptFile, load_script
 from authority.tls import CertificateStore
-from authority.users import list_users, reset_password, user_summary
+from authority.users import devices_by_user, list_users, reset_password, user_summary
 from authority.views import json_value
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
@@ -293,7 +293,8 @@ class Admin:
 
     def user_list(self, org: str | None) -> list[dict[str, Any]]:
         with self.db.transaction() as s:
-            return [user_summary(s, u) for u in list_users(s, org)]
+            devices = devices_by_user(s)
+            return [user_summary(s, u, devices) for u in list_users(s, org)]
 
     def user_reset_password(self, name: str, org: str | None) -> str:
         who, password = self.user_new_password(name, org)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from authority.db import Device, Organization, SignInFailures, User
 from authority.directory import Directory, DirectoryUser, UserDirectory, disabled_error
@@ -140,7 +140,12 @@ def user_for_registration(
 
 
 def list_users(session: Session, org_name: str | None = None) -> list[User]:
-    query = select(User).join(Organization).order_by(Organization.name, User.username)
+    query = (
+        select(User)
+        .join(Organization)
+        .options(contains_eager(User.org))
+        .order_by(Organization.name, User.username)
+    )
     if org_name:
         query = query.where(User.org_id == find_org(session, org_name).id)
     return list(session.scalars(query))
@@ -156,8 +161,28 @@ def sign_in_blocked(user: User) -> str | None:
     return None  # LDAP and SSO users: their directory or identity provider checks them
 
 
-def user_summary(session: Session, user: User) -> dict[str, Any]:
-    devices = session.scalars(select(Device.guid).where(Device.user_id == user.id)).all()
+def devices_by_user(session: Session) -> dict[int, list[str]]:
+    """Every user's device GUIDs in one query, for lists of users (not one query a user)."""
+    found: dict[int, list[str]] = {}
+    for user_id, guid in session.execute(
+        select(Device.user_id, Device.guid).where(Device.user_id.is_not(None)).order_by(Device.id)
+    ):
+        if user_id is not None:
+            found.setdefault(user_id, []).append(guid)
+    return found
+
+
+def user_summary(
+    session: Session, user: User, devices_of: dict[int, list[str]] | None = None
+) -> dict[str, Any]:
+    """`devices_of`: from `devices_by_user`, when summing up many users."""
+    devices = (
+        devices_of.get(user.id, [])
+        if devices_of is not None
+        else session.scalars(
+            select(Device.guid).where(Device.user_id == user.id).order_by(Device.id)
+        ).all()
+    )
     blocked = sign_in_blocked(user)
     return {
         "username": user.username,
@@ -202,6 +227,7 @@ __all__ = [
     "UNMAPPED",
     "DirectoryFor",
     "UserMatch",
+    "devices_by_user",
     "directory_for",
     "list_users",
     "reset_password",

@@ -1,15 +1,17 @@
 """Devices and users: who is protected, who is not and why; users and their password resets.
 
-GET  /devices                          every device; ?org=NAME, ?not_protected=1
+GET  /devices                          every device; ?org=NAME, ?not_protected=1, ?page=N
 GET  /devices/{guid}                   one device, its backups and registration attempts
-GET  /users                            every user with its flags; ?org=NAME
+GET  /users                            every user with its flags; ?org=NAME, ?page=N
 GET  /users/{org}/{user}/reset-password   what a reset does; POST resets (Admin)
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -34,6 +36,40 @@ from authority.registration import device_summary
 router = APIRouter(route_class=ConsoleRoute)
 
 NO_ATTEMPT = "no registration attempt yet"
+# Rows a list page shows at once: a fleet of tens of thousands stays a page that loads.
+PAGE_ROWS = 500
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Pagination:
+    """Where a list page is: rows `first` to `last` of `total`, and the links around it."""
+
+    first: int
+    last: int
+    total: int
+    previous_url: str | None
+    next_url: str | None
+
+
+def paginate(request: Request, rows: list[T], number: int) -> tuple[list[T], Pagination]:
+    """Page `number` (from 1; past the end, the last page) of `rows`, PAGE_ROWS a page."""
+    pages = max(1, -(-len(rows) // PAGE_ROWS))
+    number = min(max(1, number), pages)
+    start = (number - 1) * PAGE_ROWS
+    shown = rows[start : start + PAGE_ROWS]
+
+    def url(to: int) -> str:  # this page's own path and filters: never another host
+        query = {**request.query_params, "page": str(to)}
+        return f"{request.url.path}?{urlencode(query)}"
+
+    return shown, Pagination(
+        first=start + 1 if shown else 0,
+        last=start + len(shown),
+        total=len(rows),
+        previous_url=url(number - 1) if number > 1 else None,
+        next_url=url(number + 1) if number < pages else None,
+    )
 
 
 def last_backups(session: Session) -> dict[str, dt.datetime]:
@@ -88,6 +124,7 @@ def devices_page(
     operator: Viewer,
     org: Annotated[str, Query()] = "",
     not_protected: Annotated[str, Query()] = "",
+    page_number: Annotated[int, Query(alias="page")] = 1,
 ) -> Response:
     only_gaps = not_protected in ("1", "on", "true", "yes")
     with database(request).transaction() as session:
@@ -97,11 +134,13 @@ def devices_page(
     devices = [device_view(row, backups.get(row["guid"])) for row in rows]
     if only_gaps:
         devices = [d for d in devices if d["gap"]]
+    devices, pagination = paginate(request, devices, page_number)
     return page(
         request,
         "devices.html",
         operator,
         devices=devices,
+        pagination=pagination,
         org=org,
         not_protected=only_gaps,
         org_names=org_names,
@@ -148,14 +187,19 @@ def device_page(request: Request, guid: str, operator: Viewer) -> Response:
 
 @router.get("/users")
 def users_page(
-    request: Request, operator: Viewer, ops: Operations, org: Annotated[str, Query()] = ""
+    request: Request,
+    operator: Viewer,
+    ops: Operations,
+    org: Annotated[str, Query()] = "",
+    page_number: Annotated[int, Query(alias="page")] = 1,
 ) -> Response:
-    users = ops.user_list(org or None)  # `user list --json`
+    users, pagination = paginate(request, ops.user_list(org or None), page_number)
     auth = {o["name"]: o["auth"] for o in ops.org_list()}
     return page(
         request,
         "users.html",
         operator,
+        pagination=pagination,
         users=[{**u, "auth": auth.get(u["org"], "")} for u in users],
         org=org,
         org_names=sorted(auth),

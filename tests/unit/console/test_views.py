@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from authority.admin import Admin
+from authority.console import people_pages
 from authority.db import Device, User
 from authority.orgs import find_org
 from tests.unit.console.client import (
@@ -65,6 +66,23 @@ def test_the_devices_page_filters_by_organization_and_protection(
         device.last_error = "backup failed: disk full"
     assert f'data-guid="{REGISTERED}"' in deployer.get("/devices?not_protected=1").text
     assert deployer.get("/devices?org=nope").status_code == 404
+
+
+def test_long_lists_come_in_pages_that_keep_their_filters(
+    deployer: Console, fleet: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(people_pages, "PAGE_ROWS", 1)
+    first = deployer.get("/devices?org=acme").text
+    assert first.count("data-guid=") == 1
+    assert "2 devices" in first and "Devices 1 to 1 of 2" in first
+    assert 'id="next-page" href="/devices?org=acme&amp;page=2"' in first
+    assert 'id="previous-page"' not in first
+    second = deployer.get("/devices?org=acme&page=2").text
+    assert second.count("data-guid=") == 1 and "Devices 2 to 2 of 2" in second
+    assert 'id="next-page"' not in second
+    assert deployer.get("/devices?org=acme&page=9").text.count("data-guid=") == 1  # the last
+    assert 'id="next-page"' in deployer.get("/devices?org=acme&page=0").text  # the first
+    assert "data-user=" in deployer.get("/users?page=1").text
 
 
 def test_a_device_page_lists_its_registration_attempts(deployer: Console, fleet: None) -> None:
