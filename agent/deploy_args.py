@@ -298,8 +298,14 @@ def _accept(pairs: list[tuple[str, str]], where: str = "") -> DeployArgs:
             continue
         if any(unicodedata.category(c) == "Cc" for c in value):
             raise check.refuse(key, "contains a control character (a line break, tab or NUL)")
-        if given.setdefault(key, value) != value:
+        if not value:
+            # An empty value counts as an absent key (MDM templates leave unused keys
+            # empty): it neither conflicts with a value given elsewhere nor overrides it.
+            given.setdefault(key, value)
+            continue
+        if given.get(key, "") not in ("", value):
             raise check.refuse(key, "is given twice with different values; give it once")
+        given[key] = value
 
     url = given.get(DEPLOYMENT_URL, "")
     if not url:

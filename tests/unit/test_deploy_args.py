@@ -284,6 +284,19 @@ def test_a_key_repeated_with_another_value_is_refused_naming_it() -> None:
     assert SHA1 not in str(error)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{cp()}&CP_SILENT=&CP_SILENT=false",  # an MDM template's empty key, then the value
+        f"CP_SILENT=&{cp()}&CP_SILENT=false",
+        f"{cp()}&CP_SILENT=false&CP_SILENT=",  # and the other way round
+    ],
+)
+def test_an_empty_value_beside_a_real_one_is_no_conflict(text: str) -> None:
+    # An empty value counts as an absent key (contract, installer arguments).
+    assert parse_cp_args(text).silent is False
+
+
 def test_two_different_tokens_are_refused_without_showing_either() -> None:
     other = "11111111-2222-4333-8444-555555555555"
     error = refusal(f"{cp()}&DEPLOYMENT_POLICY_TOKEN={other}")

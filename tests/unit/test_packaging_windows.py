@@ -232,7 +232,7 @@ def test_the_msiexec_line_gives_the_agent_its_arguments(wxs: ET.Element) -> None
 
 
 def test_cp_silent_inside_cp_args_alone_is_not_contradicted(wxs: ET.Element) -> None:
-    # An empty `&CP_SILENT=` appended by the MSI would be "given twice with different values".
+    # The MSI appends no empty `&CP_SILENT=` (harmless now: an empty value counts as absent).
     cp_args = f"DEPLOYMENT_URL={URL}&DEPLOYMENT_POLICY_TOKEN={TOKEN}&CP_SILENT=false"
     args = parse_cp_args(deploy_args_of(run_write_action(wxs, {"CP_ARGS": cp_args})))
     assert (args.silent, args.cloaked) == (False, False)
