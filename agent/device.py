@@ -33,11 +33,16 @@ def authority_client(
 
 def registered_access(paths: AgentPaths) -> tuple[AuthorityClient, str]:
     """A client and the device credential, for a command run by an administrator."""
-    if paths.deploy_properties.exists() and not os.access(paths.deploy_properties, os.R_OK):
-        raise Refused(
-            "only an administrator can read this device's settings and credential: run with "
-            "sudo (or as Administrator)"
-        )
+    refusal = Refused(
+        "only an administrator can read this device's settings and credential: run with "
+        "sudo (or as Administrator)"
+    )
+    try:
+        present = paths.deploy_properties.exists()
+    except PermissionError:  # its folder is closed to this user (conf/ is the service's, 0700)
+        raise refusal from None
+    if present and not os.access(paths.deploy_properties, os.R_OK):
+        raise refusal
     try:
         args = read_properties_file(paths.deploy_properties)
         credential = load_credential(paths.credential)

@@ -13,8 +13,6 @@ import contextlib
 import datetime as dt
 import errno
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +27,6 @@ from agent.backup.cache import FilesCache
 from agent.backup.scanner import FileStat
 from agent.daemon import failure_of
 from agent.identity import load_or_create
-from tests.conftest import IN_CI, require_tool
 from tests.faults.conftest import FaultTally, cp_args
 from tests.faults.invariants import (
     assert_restores_exactly,
@@ -318,25 +315,6 @@ def test_a_full_disk_under_the_files_cache_is_the_disk_full_failed_attempt(
 # The state folder on a full disk, for real.
 
 TMPFS_SIZE = "1m"
-
-
-def private_mounts_work() -> bool:
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, check=False
-    )
-    return probe.returncode == 0
-
-
-@pytest.fixture
-def private_mounts() -> None:
-    """Root, and `unshare -m` (util-linux) to mount a tmpfs only the agent sees."""
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("the full-disk scenario needs root to mount a tmpfs (CI runs as root)")
-        pytest.skip("the full-disk scenario needs root to mount a tmpfs")
-    require_tool(private_mounts_work(), "unshare -m (util-linux) cannot make a mount namespace")
 
 
 def start_on_tmpfs(agent: Agent, args: str) -> Path:

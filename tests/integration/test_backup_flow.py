@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import filecmp
 import os
+import pwd
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +133,69 @@ def test_an_interrupted_backup_leaves_no_snapshot_and_the_next_one_completes(
         if "Completed backup" in line
     ]
     assert sent and sent[0] < 120_000_000
+
+
+def test_a_target_that_cannot_be_made_is_one_sentence_not_a_traceback(
+    agent: Agent, tmp_path: Path
+) -> None:
+    agent.wait_for(lambda s: s["last_backup"] is not None, what="the first backup")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    result = agent.cli("restore", "--to", str(blocker / "restored"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("holdfast: ") and result.stderr.count("\n") == 1
+
+
+def test_a_restore_onto_a_full_disk_stops_with_one_sentence_and_leaves_no_temporary_file(
+    agent: Agent, tmp_path: Path, private_mounts: None
+) -> None:
+    agent.wait_for(lambda s: s["last_backup"] is not None, what="the first backup")
+    target = tmp_path / "small"
+    target.mkdir()
+    # A 1 MiB tmpfs in a mount namespace of its own (the home holds 6 MB); what is left in
+    # it is counted before the namespace, and the tmpfs with it, goes.
+    script = (
+        'mount -t tmpfs -o size=1m tmpfs "$1" || exit 99; target=$1; shift; "$@"; code=$?; '
+        "echo temporaries: $(find \"$target\" -name '*.holdfast-restore' | wc -l); exit $code"
+    )
+    result = subprocess.run(
+        [
+            *("unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(target)),
+            *agent.command("restore", "--to", str(target)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "No space left on device" in result.stderr
+    assert "temporaries: 0" in result.stdout
+
+
+def test_snapshots_for_a_user_who_cannot_read_the_credential_is_exit_4_saying_why(
+    agent: Agent,
+) -> None:
+    agent.wait_for(lambda s: s["last_backup"] is not None, what="the first backup")
+    nobody = pwd.getpwnam("nobody")
+    code = (
+        "import os, sys\n"
+        # Imported first: this interpreter's files need not be readable by nobody.
+        "from agent.cli import main\n"
+        "import agent.backup.commands, agent.device, agent.transport\n"
+        f"os.setgroups([]); os.setgid({nobody.pw_gid}); os.setuid({nobody.pw_uid})\n"
+        f"sys.exit(main(['snapshots', '--home', {str(agent.home)!r}]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 4, result.stderr
+    assert "only an administrator can read this device's" in result.stderr
+    assert "Traceback" not in result.stderr
