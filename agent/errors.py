@@ -72,6 +72,9 @@ class BackupError(AgentError):
 class BackupCancelled(BackupError):
     """A run was asked to stop; nothing was committed, the next run resumes."""
 
+    def __init__(self, message: str = "the backup was stopped; the next run resumes it") -> None:
+        super().__init__(message)
+
 
 class BlobCorrupt(BackupError):
     """A blob from the authority is not what was stored under `chunk_id`."""

@@ -5,10 +5,26 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.integration.agent_process import Agent
+
 IN_CI = os.environ.get("CI") == "true"
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    """A real agent (`holdfast run` in a process of its own, not yet started) with its
+    folders under tmp_path and the tests' agent.yaml; stopped at the end."""
+    running = Agent(home=tmp_path / "agent")
+    running.configure()
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def require_tool(available: bool, reason: str) -> None:

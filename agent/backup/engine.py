@@ -253,7 +253,7 @@ class _Run:
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
-            raise BackupCancelled("the backup was stopped; the next run resumes it")
+            raise BackupCancelled()
 
     def _tick(self, current: str | None, force: bool = False) -> None:
         if self.progress is None:
@@ -279,26 +279,6 @@ def _batched(items: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
-
-
-def _stoppable(
-    sleep: Callable[[float], None], cancel: threading.Event | None
-) -> Callable[[float], None]:
-    """The wait between a request's attempts, cut short by a stop, which then ends the run
-    (a stop need not sit out the backoff, nor the attempts after it)."""
-    if cancel is None:
-        return sleep
-
-    def wait(seconds: float) -> None:
-        if sleep is time.sleep:
-            stopped = cancel.wait(seconds)
-        else:  # an injected clock: its wait, then the stop as it stands
-            sleep(seconds)
-            stopped = cancel.is_set()
-        if stopped:
-            raise BackupCancelled("the backup was stopped; the next run resumes it")
-
-    return wait
 
 
 def run_backup(
@@ -329,7 +309,7 @@ def run_backup(
         raise BackupError(f"the folder to back up, {home}, does not exist or is not a folder")
     started_at = _now()
     keep_large_buffers_apart()
-    retry = Retrier(_stoppable(sleep, cancel))
+    retry = Retrier(sleep)
     # The cache's lock first: two first backups racing would each make a master key.
     cache = FilesCache(state_dir)
     try:

@@ -19,28 +19,31 @@ memory on their own terms.
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 from collections.abc import Callable
 
-_trim: list[Callable[[int], int] | None] = []
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 MMAP_THRESHOLD = 4 * 1024 * 1024
-_apart: list[bool] = []
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    if not _trim:
-        found: Callable[[int], int] | None = None
-        if sys.platform.startswith("linux"):
-            try:
-                function = ctypes.CDLL(None).malloc_trim
-                function.argtypes = [ctypes.c_size_t]
-                function.restype = ctypes.c_int
-                found = function
-            except (AttributeError, OSError):  # not glibc
-                found = None
-        _trim.append(found)
-    return _trim[0]
+def _glibc(name: str, *argtypes: type[ctypes._SimpleCData[int]]) -> Callable[..., int] | None:
+    """glibc's function `name`, or None where the C library is another (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = list(argtypes)
+    function.restype = ctypes.c_int
+    found: Callable[..., int] = function
+    return found
+
+
+@functools.cache
+def _malloc_trim() -> Callable[..., int] | None:
+    return _glibc("malloc_trim", ctypes.c_size_t)
 
 
 def release_free_memory() -> bool:
@@ -52,23 +55,14 @@ def release_free_memory() -> bool:
     return True
 
 
+@functools.cache
 def keep_large_buffers_apart() -> bool:
     """Blocks of MMAP_THRESHOLD and more get mappings of their own (glibc; once a process).
 
     Whether it applies: False where the allocator is not glibc's.
     """
-    if not _apart:
-        applied = False
-        if sys.platform.startswith("linux"):
-            try:
-                mallopt = ctypes.CDLL(None).mallopt
-                mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                mallopt.restype = ctypes.c_int
-                applied = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            except (AttributeError, OSError):  # not glibc
-                applied = False
-        _apart.append(applied)
-    return _apart[0]
+    mallopt = _glibc("mallopt", ctypes.c_int, ctypes.c_int)
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
 
 
 __all__ = ["MMAP_THRESHOLD", "keep_large_buffers_apart", "release_free_memory"]

@@ -63,9 +63,10 @@ def back_up_home(
             "the device runs on battery; the policy holds backups until it is plugged in",
         )
     _notices.discard("on_battery")
-    limit = UploadLimit.from_policy(
-        _kbps(settings.get("bandwidth_limit_kbps")), sleep=interruptible_sleep(cancel)
-    )
+    # One sleep a stop cuts short, for the bandwidth limit's waits and for the waits between
+    # a request's attempts alike.
+    sleep = interruptible_sleep(cancel)
+    limit = UploadLimit.from_policy(_kbps(settings.get("bandwidth_limit_kbps")), sleep=sleep)
     progress = ProgressFile(run_dir / PROGRESS_FILE)
     log.info("Starting backup of %s", home, extra=logs.event(events.BACKUP_STARTED))
     try:
@@ -77,6 +78,7 @@ def back_up_home(
                 list(settings.get("exclude") or []),
                 state_dir,
                 progress=progress.update,
+                sleep=sleep,
                 cancel=cancel,
                 security=str(settings.get("security", "standard")),
                 limit=limit,

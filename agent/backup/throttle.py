@@ -72,7 +72,7 @@ def interruptible_sleep(cancel: threading.Event | None) -> Sleep:
 
     def sleep(seconds: float) -> None:
         if cancel.wait(seconds):
-            raise BackupCancelled("the backup was stopped; the next run resumes it")
+            raise BackupCancelled()
 
     return sleep
 

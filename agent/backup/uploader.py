@@ -204,7 +204,7 @@ class Uploader:
         done: set[Future[_Sent]] = set()
         while not done:
             if self.cancel is not None and self.cancel.is_set():
-                raise BackupCancelled("the backup was stopped; the next run resumes it")
+                raise BackupCancelled()
             done, _ = wait(self._inflight, CANCEL_CHECK_SECONDS, return_when=FIRST_COMPLETED)
         for future in done:
             self._inflight.discard(future)

@@ -42,16 +42,6 @@ def relay(authority: Authority) -> Iterator[TlsRelay]:
         running.stop()
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(home=tmp_path / "agent")
-    running.configure()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 def kill9(authority: Authority) -> None:
     assert authority.process is not None
     authority.process.kill()

@@ -51,16 +51,6 @@ def sha1_of(relay_certificate: Path) -> str:
     return fingerprints_of(ssl.PEM_cert_to_DER_cert(relay_certificate.read_text()))[0]
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(home=tmp_path / "agent")
-    running.configure()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 def test_a_new_device_sends_the_mitm_no_byte_and_names_the_fingerprint_it_saw(
     authority: Authority, mitm: TlsRelay, agent: Agent, faults: FaultTally, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +57,6 @@ def corrupt(path: Path) -> None:
 def overwrite(path: Path) -> None:
     """A file replaced by garbage from its first byte (its header gone too)."""
     path.write_bytes(b"\xff\xfe\x00garbage\x9c" * 64)
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(home=tmp_path / "agent")
-    running.configure()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def devices(authority: Authority) -> list[dict[str, Any]]:

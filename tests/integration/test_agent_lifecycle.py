@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,16 +26,6 @@ CONTRACT_KEYS = {
     "device_guid",
     "last_backup",
 }
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(home=tmp_path / "agent")
-    running.configure()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def cp_args(authority: Authority, org: str = "Demo") -> str:

@@ -76,16 +76,6 @@ def authority(tmp_path: Path, directory: Slapd, bind_password: Path) -> Iterator
         server.stop()
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(home=tmp_path / "agent")
-    running.configure()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 def ldap_org(data: Path, name: str, url: str, *options: str) -> None:
     admin(
         data,

@@ -19,16 +19,6 @@ JDOE = "jdoe@example.com"
 WRONG = "not-jdoes-password"
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(home=tmp_path / "agent")
-    running.configure()
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 def manual_policy(authority: Authority, org: str, username: str) -> str:
     """`org`'s manual policy, whose detection script reports `username`; its CP_ARGS."""
     script = authority.data.parent / f"detect-{org}.sh"

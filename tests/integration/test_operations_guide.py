@@ -8,10 +8,7 @@ from __future__ import annotations
 import errno
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from agent import logs
 from agent.daemon import failure_of
@@ -20,16 +17,6 @@ from agent.lifecycle_model import Phase
 from tests.integration.agent_process import Agent
 from tests.integration.authority_process import Authority, admin, free_port
 from tests.integration.test_agent_lifecycle import cp_args
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    running = Agent(home=tmp_path / "agent")
-    running.configure()
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def line_of(agent: Agent, pattern: str) -> str:

@@ -20,6 +20,7 @@ from agent.backup.engine import BackupResult, run_backup
 from agent.backup.keys import KEY_FILE, load_master_key
 from agent.backup.restore import RestoreResult, restore
 from agent.backup.scanner import open_source
+from agent.backup.throttle import interruptible_sleep
 from agent.errors import BackupCancelled, TransientError
 from agent.transport import AuthorityClient
 from tests.unit.test_backup_fake import CREDENTIAL, URL, FakeAuthority, error
@@ -292,12 +293,18 @@ def test_a_transient_failure_is_retried_with_the_injected_sleep(
 def test_a_stop_during_the_wait_between_attempts_ends_the_run_without_more_attempts(
     fake: FakeAuthority, home: Path, state: Path
 ) -> None:
-    fake.faults.append(
-        lambda r: error(503, "unavailable") if r.url.path.endswith("/chunks/missing") else None
-    )
     cancel = threading.Event()
+
+    def unavailable_then_stopped(request: httpx.Request) -> httpx.Response | None:
+        if not request.url.path.endswith("/chunks/missing"):
+            return None
+        cancel.set()  # the stop arrives while the run waits to try again
+        return error(503, "unavailable")
+
+    fake.faults.append(unavailable_then_stopped)
     with pytest.raises(BackupCancelled):
-        backup(fake, home, state, cancel=cancel, sleep=lambda _s: cancel.set())
+        # The daemon's sleep (agent/backup/schedule.py): a stop cuts it short.
+        backup(fake, home, state, cancel=cancel, sleep=interruptible_sleep(cancel))
     assert fake.count("POST", "/api/v1/device/chunks/missing") == 1
     assert fake.snapshots == []
 
